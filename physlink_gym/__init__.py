@@ -1,0 +1,69 @@
+"""physlink_gym: check Gymnasium transitions against physical invariants and train DreamerV3.
+
+The public API is imported lazily: ``import physlink_gym`` does not import torch; the first
+access to :class:`DreamerV3` does.
+
+Example:
+    >>> import physlink_gym
+    >>> physlink_gym.__version__.count(".") >= 2
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from physlink_gym._version import __version__
+from physlink_gym.errors import PhysLinkError
+
+if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
+    from physlink_gym import invariants
+    from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
+    from physlink_gym.diagnostics import doctor
+    from physlink_gym.invariants.core import Invariant, register_invariant
+    from physlink_gym.report import ComplianceReport
+    from physlink_gym.spaces import ActionSpace, ObservationSpace
+    from physlink_gym.wrappers import InvariantWrapper, valid_mask
+
+__all__ = [
+    "ActionSpace",
+    "ComplianceReport",
+    "DreamerV3",
+    "Invariant",
+    "InvariantWrapper",
+    "ObservationSpace",
+    "PhysLinkError",
+    "__version__",
+    "doctor",
+    "invariants",
+    "register_invariant",
+    "valid_mask",
+]
+
+_LAZY = {
+    "ActionSpace": "physlink_gym.spaces",
+    "ObservationSpace": "physlink_gym.spaces",
+    "ComplianceReport": "physlink_gym.report",
+    "DreamerV3": "physlink_gym.agents.dreamerv3.algorithm",
+    "Invariant": "physlink_gym.invariants.core",
+    "register_invariant": "physlink_gym.invariants.core",
+    "InvariantWrapper": "physlink_gym.wrappers",
+    "valid_mask": "physlink_gym.wrappers",
+    "doctor": "physlink_gym.diagnostics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "invariants":
+        return importlib.import_module("physlink_gym.invariants")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'physlink_gym' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
