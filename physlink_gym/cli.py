@@ -1,0 +1,118 @@
+"""The ``physlink-gym`` command line (also ``python -m physlink_gym``).
+
+Every subcommand is two functions in this module::
+
+    def _add_<name>_parser(subparsers) -> None   # declare the arguments, set_defaults(func=...)
+    def _cmd_<name>(args) -> int                 # run it, return the exit code
+
+plus one entry in :data:`_COMMANDS`. Commands import heavy modules (torch, the agent) inside
+``_cmd_<name>`` so that ``physlink-gym --help`` stays fast.
+
+Bad input never prints a traceback: usage errors and :class:`~physlink_gym.errors.PhysLinkError`
+become one line on stderr, ``physlink-gym: error: ...``, with exit code 2 (usage) or 1 (error).
+
+Example:
+    >>> main(["doctor", "--quiet"]) in (0, 1)
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from physlink_gym._version import __version__
+from physlink_gym.errors import PhysLinkError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "physlink-gym"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_Subparsers = Any  # argparse._SubParsersAction is private; keep the alias in one place
+
+
+class _UsageError(Exception):
+    """Raised by the parser instead of printing usage and calling ``sys.exit``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def _add_doctor_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check Python, torch, CUDA and packages; exit 0 on GO, 1 on NO-GO",
+        description="Check that this machine can run physlink_gym. Exit code 0 on GO, 1 on NO-GO.",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument("--quiet", action="store_true", help="print nothing; use the exit code")
+    parser.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from physlink_gym.diagnostics import doctor
+
+    report = doctor(print_table=not (args.json or args.quiet))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    return EXIT_OK if report.verdict == "GO" else EXIT_ERROR
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+# To add a command: write _add_<name>_parser and _cmd_<name> above, then list the adder here.
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_doctor_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every registered subcommand."""
+    parser = _Parser(
+        prog=PROG,
+        description="Physical-invariant checking for Gymnasium envs and a DreamerV3 agent.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in _COMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (``physlink-gym --help`` lists commands).
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 1 on a failed check or a :class:`PhysLinkError`, 2 on a usage error,
+        130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{exc} (see '{PROG} --help')", EXIT_USAGE)
+    except SystemExit as exc:  # --help and --version exit on purpose
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        code: int = args.func(args)
+    except PhysLinkError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    return code
