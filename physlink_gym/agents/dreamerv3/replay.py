@@ -112,8 +112,7 @@ class SequenceReplay:
             )
         return array.astype(dtype, copy=False)
 
-    def _write(self, env: np.ndarray | int, index: np.ndarray, fields: dict[str, Any]) -> None:
-        lead = np.shape(index)
+    def _write(self, env: Any, index: Any, lead: tuple[int, ...], fields: dict[str, Any]) -> None:
         obs = self._validated("obs", fields["obs"], (*lead, self.obs_dim), np.float32)
         action = self._validated("action", fields["action"], (*lead, self.action_dim), np.float32)
         reward = self._validated("reward", fields["reward"], lead, np.float32)
@@ -146,7 +145,10 @@ class SequenceReplay:
             "obs": obs, "action": action, "reward": reward,
             "is_first": is_first, "is_terminal": is_terminal, "valid": valid,
         }  # fmt: skip
-        self._write(np.arange(self.n_envs), self._pos.copy(), fields)
+        if (self._pos == self._pos[0]).all():  # the usual case: plain slicing is fastest
+            self._write(slice(None), int(self._pos[0]), (self.n_envs,), fields)
+        else:  # streams were bulk-loaded to different lengths
+            self._write(np.arange(self.n_envs), self._pos.copy(), (self.n_envs,), fields)
         self._pos = (self._pos + 1) % self.per_env
         self._count = np.minimum(self._count + 1, self.per_env)
 
@@ -188,7 +190,7 @@ class SequenceReplay:
         keep = min(n, self.per_env)
         fields = {key: a[n - keep :] for key, a in arrays.items()}
         index = (self._pos[env] + np.arange(keep)) % self.per_env
-        self._write(env, index, fields)
+        self._write(env, index, (keep,), fields)
         self._pos[env] = (self._pos[env] + keep) % self.per_env
         self._count[env] = min(int(self._count[env]) + keep, self.per_env)
 
