@@ -1,0 +1,160 @@
+"""Behaviour learning of DreamerV3: imagination, REINFORCE actor, critic, replay value loss.
+
+Mirrors ``imag_loss`` and ``repl_loss`` of the official ``dreamerv3/agent.py`` (2024 and later)
+and Hafner et al., Nature 2025 (eqs. 10-12). Gradients stop exactly where the reference's do:
+
+* imagination starts from ``sg(posterior)`` (``ac_grads: False``) and every imagined state is
+  ``sg``: the rollout runs under ``torch.no_grad`` and the heads are re-applied afterwards, so
+  no behaviour loss reaches the world model;
+* the actor learns only through ``log pi(sg(a) | sg(s)) * sg(adv)`` plus its entropy;
+* the critic learns from ``sg`` lambda returns and the ``sg`` slow critic's prediction;
+* the replay value loss reads the replayed posterior states *with* gradient into the world
+  model (``repval_grad: True``), as the reference does.
+
+Masks: ``valid`` [B, T] weights the imagination starts and the replayed steps; every loss is a
+mean over valid entries only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from physlink_gym.agents.dreamerv3.distributions import twohot_mean
+from physlink_gym.agents.dreamerv3.losses import lambda_return, reinforce_actor_loss, value_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
+    from physlink_gym.agents.dreamerv3.rssm import Posterior
+
+__all__ = ["imagination_losses", "masked_mean", "replay_value_loss"]
+
+Metrics = dict[str, Tensor]
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over entries where ``mask`` (broadcast to ``x``) is non-zero.
+
+    Args:
+        x: Tensor of any shape.
+        mask: Float tensor broadcastable to ``x``; 0 drops an entry.
+
+    Returns:
+        0-d tensor (0 when nothing is valid).
+    """
+    mask = mask.expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def _rollout(m: DreamerV3Learner, post: Posterior) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Imagine from every posterior state; return feats, actions, rewards and continues."""
+    cfg = m.config
+    start = (post.deter.flatten(0, 1), post.stoch.flatten(0, 1))  # [N, D], [N, S]; N = B*T
+    feats, actions = m.rssm.imagine(
+        start, lambda f: m.actor.sample(m.actor(f)), cfg.imag_horizon
+    )  # [N, H+1, F], [N, H, A]
+    reward = twohot_mean(m.reward_head(feats), m.bins)  # [N, H+1]
+    cont = torch.sigmoid(m.cont_head(feats).squeeze(-1))  # reference `con.prob(1)`
+    return feats, actions, reward, cont
+
+
+def imagination_losses(
+    m: DreamerV3Learner, post: Posterior, valid: Tensor
+) -> tuple[dict[str, Tensor], Metrics, Tensor]:
+    """Actor and critic losses on trajectories imagined from the replayed posteriors.
+
+    Args:
+        m: The learner (its RSSM, heads, actor, critics, return normaliser).
+        post: Posterior states [B, T, ...] of the replayed batch.
+        valid: [B, T] float mask of the starts.
+
+    Returns:
+        ``({"policy", "value"}, metrics, ret [N, H])``: scalar losses (means over valid starts
+        and the horizon), metrics, and the detached lambda returns.
+    """
+    cfg = m.config
+    feats, actions, reward, cont = _rollout(m, post)
+    start_w = valid.reshape(-1, 1)  # [N, 1]
+    value_logits = m.critic(feats)  # [N, H+1, K]; the only forward with grad into the critic
+    with torch.no_grad():
+        value = twohot_mean(value_logits, m.bins)
+        slow = twohot_mean(m.slow_critic(feats), m.bins)
+        tarval = slow if cfg.slow_target else value
+        # contdisc: the continue head already holds the discount (reference `imag_loss`).
+        disc = 1.0 if cfg.contdisc else cfg.discount
+        ret = lambda_return(reward, cont, tarval, disc, cfg.lam)  # [N, H]
+        weight = torch.cumprod(disc * cont, 1) / disc * start_w  # [N, H+1]
+        chosen = ret[valid.reshape(-1) > 0]
+        if chosen.numel():
+            m.retnorm.update(chosen)
+        scale = m.retnorm.scale()
+        adv = (ret - tarval[:, :-1]) / scale
+    raw = m.actor(feats[:, :-1])
+    logp, ent = m.actor.log_prob_entropy(raw, actions)
+    # reinforce_actor_loss averages over all N*H entries; rescale to a mean over valid starts.
+    n_valid = valid.sum().clamp(min=1.0)
+    policy = reinforce_actor_loss(logp, ent, adv, weight[:, :-1], cfg.actent)
+    policy = policy * (valid.numel() / n_valid)
+    critic = value_loss(
+        value_logits[:, :-1], ret, slow[:, :-1], m.bins, weight[:, :-1], cfg.slowreg
+    )
+    losses = {"policy": policy, "value": critic.mean(1).mul(start_w[:, 0]).sum() / n_valid}
+    ent = ent.detach()
+    metrics = {
+        "entropy": masked_mean(ent, start_w),
+        "return_norm/scale": scale,
+        "return_norm/low": m.retnorm.lo.detach().clone(),
+        "return_norm/high": m.retnorm.hi.detach().clone(),
+        "imag/return_mean": masked_mean(ret, start_w),
+        "imag/value_mean": masked_mean(value, start_w),
+        "imag/slow_value_mean": masked_mean(slow, start_w),
+        "imag/reward_mean": masked_mean(reward, start_w),
+        "imag/cont_mean": masked_mean(cont, start_w),
+        "imag/weight_mean": masked_mean(weight, start_w),
+        "imag/adv_mean": masked_mean(adv, start_w),
+        "imag/adv_abs": masked_mean(adv.abs(), start_w),
+    }
+    return losses, metrics, ret
+
+
+def replay_value_loss(
+    m: DreamerV3Learner, feat: Tensor, data: dict[str, Tensor], boot: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Critic loss on replayed states with lambda returns over real rewards (``repl_loss``).
+
+    ``R_t = r_{t+1} + disc (1 - term_{t+1}) ((1 - lam') boot_{t+1} + lam' R_{t+1})`` with
+    ``lam' = lam (1 - last_{t+1})`` and ``boot`` the imagined return from each replayed state;
+    ``last[t]`` marks the final valid step of an episode inside the window (the next step starts
+    a new episode or is invalid). Weight ``valid & ~last``; the last window step is dropped.
+
+    Args:
+        m: The learner.
+        feat: Posterior model states [B, T, F] (with gradient when ``repval_grad``).
+        data: The prepared batch (``reward``, ``is_terminal``, ``is_first``, ``valid``).
+        boot: Imagined lambda return of each start [B, T], detached.
+
+    Returns:
+        ``(loss, replay_return_mean)``: the scalar loss and a metric.
+    """
+    cfg = m.config
+    valid = data["valid"]
+    last = torch.zeros_like(valid)
+    last[:, :-1] = torch.maximum(data["is_first"][:, 1:], 1.0 - valid[:, 1:])
+    feat = feat if cfg.repval_grad else feat.detach()
+    logits = m.critic(feat[:, :-1])  # [B, T-1, K]
+    with torch.no_grad():
+        slow = twohot_mean(m.slow_critic(feat[:, :-1].detach()), m.bins)
+        ret = lambda_return(
+            data["reward"],
+            1.0 - data["is_terminal"],
+            boot,
+            cfg.discount,
+            cfg.repval_lam,
+            last=last,
+        )  # [B, T-1]
+        weight = (valid * (1.0 - last))[:, :-1]
+    loss = value_loss(logits, ret, slow, m.bins, weight, cfg.slowreg)
+    return loss.sum() / valid[:, :-1].sum().clamp(min=1.0), masked_mean(ret, weight)

@@ -1,0 +1,275 @@
+"""DreamerV3 networks (nn.Modules only): RMSNorm MLPs, the block-GRU RSSM, encoder, heads.
+
+Follows the official code (danijar/dreamerv3, 2024 and later): ``dreamerv3/rssm.py`` (``RSSM``,
+``Encoder``, ``Decoder``) and ``embodied/jax/nets.py`` / ``heads.py`` (``Linear``,
+``BlockLinear``, ``Norm``, ``MLP``, ``MLPHead``). Every dense layer is ``Linear -> RMSNorm ->
+SiLU``; weights are truncated normals with fan-in scaling times a per-layer ``outscale``
+(``winit: trunc_normal_in``), biases start at zero.
+
+Shapes: ``...`` batch, ``F = deter + stoch * classes`` (model state), ``A`` action width.
+The RSSM lives in :mod:`~physlink_gym.agents.dreamerv3.rssm`.
+
+Example:
+    >>> import torch
+    >>> norm = RMSNorm(2)
+    >>> [round(v, 5) for v in norm(torch.tensor([3.0, 4.0])).tolist()]  # x / sqrt(12.5 + 1e-4)
+    [0.84852, 1.13137]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from physlink_gym.agents.dreamerv3.config import DreamerV3Config
+from physlink_gym.agents.dreamerv3.distributions import (
+    bounded_normal,
+    categorical_entropy,
+    symlog,
+    unimix_logits,
+)
+
+__all__ = [
+    "MLP",
+    "Actor",
+    "BlockLinear",
+    "Decoder",
+    "Encoder",
+    "MLPHead",
+    "RMSNorm",
+    "init_weight_",
+    "linear",
+]
+
+# Truncating a unit normal at +-2 leaves a std of 0.8796; the reference multiplies by 1.1368 to
+# get back to 1 (embodied/jax/nets.py `Initializer`, dist 'trunc_normal').
+_TRUNC_STD_FIX = 1.1368
+
+
+@torch.no_grad()
+def init_weight_(weight: Tensor, fan_in: int, scale: float = 1.0) -> None:
+    """Reference ``trunc_normal_in`` init times ``outscale``: ``N(0, 1/fan_in)`` cut at 2 std.
+
+    Args:
+        weight: Tensor filled in place.
+        fan_in: Input count of the layer (the reference counts all inputs of a block layer).
+        scale: The layer's ``outscale`` (0 gives an all-zero weight).
+    """
+    if scale == 0.0:
+        weight.zero_()
+        return
+    nn.init.trunc_normal_(weight, 0.0, 1.0, -2.0, 2.0)
+    weight.mul_(_TRUNC_STD_FIX * scale / math.sqrt(fan_in))
+
+
+def linear(
+    in_features: int, out_features: int, scale: float = 1.0, bias: bool = True, fan_in: int = 0
+) -> nn.Linear:
+    """``nn.Linear`` with the reference init (trunc-normal fan-in weights, zero bias).
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        scale: ``outscale`` of the weights.
+        bias: Whether the layer has a bias.
+        fan_in: Fan-in for the init; 0 means ``in_features``.
+
+    Returns:
+        The initialised layer.
+    """
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    init_weight_(layer.weight, fan_in or in_features, scale)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (reference ``Norm('rms')``).
+
+    The reference computes in float32 with ``eps = 1e-4`` and a learned scale starting at one
+    (no shift for ``rms``).
+
+    Args:
+        dim: Size of the last axis.
+        eps: Added to the mean square.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` [..., dim]."""
+        out = F.rms_norm(x.float(), (x.shape[-1],), self.scale.float(), self.eps)
+        return out.to(x.dtype)
+
+
+class MLP(nn.Sequential):
+    """``layers`` times ``Linear -> RMSNorm -> SiLU`` (reference ``nets.MLP``).
+
+    Args:
+        in_features: Input width.
+        units: Width of every layer.
+        layers: Number of layers (0 gives the identity).
+        eps: RMSNorm epsilon.
+    """
+
+    def __init__(self, in_features: int, units: int, layers: int, eps: float = 1e-4) -> None:
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods += [
+                linear(in_features if i == 0 else units, units),
+                RMSNorm(units, eps),
+                nn.SiLU(),
+            ]
+        super().__init__(*mods)
+        self.out_features = units if layers else in_features
+
+
+class MLPHead(nn.Module):
+    """MLP followed by an output layer (reference ``MLPHead``).
+
+    Args:
+        in_features: Input width (the model state ``F``).
+        units: MLP width.
+        layers: MLP depth.
+        out_features: Output width.
+        outscale: Init scale of the output layer (0: zero-initialised output).
+        eps: RMSNorm epsilon.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        layers: int,
+        out_features: int,
+        outscale: float = 1.0,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(in_features, units, layers, eps)
+        self.out = linear(self.mlp.out_features, out_features, scale=outscale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map [..., in_features] to [..., out_features]."""
+        out: Tensor = self.out(self.mlp(x))
+        return out
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer (reference ``nets.BlockLinear``).
+
+    The input and output are split into ``blocks`` equal groups; group ``g`` of the output
+    depends only on group ``g`` of the input. As in the reference, the init counts the whole
+    input as fan-in.
+
+    Args:
+        in_features: Input width (multiple of ``blocks``).
+        out_features: Output width (multiple of ``blocks``).
+        blocks: Number of groups.
+    """
+
+    def __init__(self, in_features: int, out_features: int, blocks: int) -> None:
+        super().__init__()
+        if in_features % blocks or out_features % blocks:
+            raise ValueError(f"{in_features} and {out_features} must divide by {blocks}")
+        self.blocks = blocks
+        self.weight = nn.Parameter(
+            torch.empty(blocks, in_features // blocks, out_features // blocks)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        init_weight_(self.weight, in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map [N, in] to [N, out] (2-D input)."""
+        g, i, o = self.weight.shape
+        y = torch.bmm(x.reshape(-1, g, i).transpose(0, 1), self.weight)  # [g, N, o]
+        return y.transpose(0, 1).reshape(-1, g * o) + self.bias
+
+
+class Encoder(nn.Module):
+    """``MLP(symlog(obs))`` with ``enc_layers`` layers (reference ``rssm.Encoder``, vectors).
+
+    Args:
+        obs_dim: Observation width.
+        cfg: ``units``, ``enc_layers``, ``norm_eps``.
+    """
+
+    def __init__(self, obs_dim: int, cfg: DreamerV3Config) -> None:
+        super().__init__()
+        self.mlp = MLP(obs_dim, cfg.units, cfg.enc_layers, cfg.norm_eps)
+        self.out_features = self.mlp.out_features
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Embed raw observations [..., obs_dim] -> [..., units]."""
+        out: Tensor = self.mlp(symlog(obs))
+        return out
+
+
+class Decoder(MLPHead):
+    """``MLP(concat(h, z)) -> obs_dim`` predicting ``symlog(obs)`` (reference ``rssm.Decoder``).
+
+    Args:
+        obs_dim: Observation width.
+        cfg: ``units``, ``dec_layers``, ``dec_outscale``.
+    """
+
+    def __init__(self, obs_dim: int, cfg: DreamerV3Config) -> None:
+        super().__init__(
+            cfg.feat_dim, cfg.units, cfg.dec_layers, obs_dim, cfg.dec_outscale, cfg.norm_eps
+        )
+
+
+class Actor(MLPHead):
+    """Policy head (reference ``policy`` MLPHead): bounded normal or unimix categorical.
+
+    Continuous: ``2A`` outputs (mean, std) for :func:`bounded_normal`. Discrete: ``A`` logits
+    mixed with ``actor_unimix`` uniform; actions are one-hot. Output init scale 0.01.
+
+    Args:
+        cfg: Sizes and policy settings.
+        action_dim: ``A``.
+        discrete: Whether the action space is Discrete.
+    """
+
+    def __init__(self, cfg: DreamerV3Config, action_dim: int, discrete: bool) -> None:
+        out = action_dim if discrete else 2 * action_dim
+        super().__init__(
+            cfg.feat_dim, cfg.units, cfg.actor_layers, out, cfg.actor_outscale, cfg.norm_eps
+        )
+        self.discrete = discrete
+        self.unimix = cfg.actor_unimix
+        self.minstd, self.maxstd = cfg.actor_minstd, cfg.actor_maxstd
+
+    def _logp(self, raw: Tensor) -> Tensor:
+        return torch.log_softmax(unimix_logits(raw, self.unimix), -1)
+
+    def sample(self, raw: Tensor, deterministic: bool = False) -> Tensor:
+        """Action [..., A] from head outputs (no gradient): sample, or the mode."""
+        raw = raw.detach()
+        if self.discrete:
+            logp = self._logp(raw)
+            if deterministic:
+                index = logp.argmax(-1)
+            else:
+                flat = logp.exp().reshape(-1, logp.shape[-1])
+                index = torch.multinomial(flat, 1).reshape(logp.shape[:-1])
+            return F.one_hot(index, logp.shape[-1]).to(raw.dtype)
+        dist = bounded_normal(raw, self.minstd, self.maxstd)
+        return dist.mean if deterministic else dist.sample()
+
+    def log_prob_entropy(self, raw: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log pi(action), entropy)``, each [...], summed over action dimensions."""
+        if self.discrete:
+            logp = self._logp(raw)
+            return (logp * action).sum(-1), categorical_entropy(logp)
+        dist = bounded_normal(raw, self.minstd, self.maxstd)
+        log_prob: Tensor = dist.log_prob(action)  # type: ignore[no-untyped-call]
+        ent: Tensor = dist.entropy()  # type: ignore[no-untyped-call]
+        return log_prob, ent
