@@ -17,8 +17,10 @@ GO = DoctorReport([Check("python", "OK", "3.11")])
 NO_GO = DoctorReport([Check("torch", "FAIL", "not installed", fix="pip install torch")])
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+def run_module(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "physlink_gym", *args],
         capture_output=True,
@@ -110,11 +112,24 @@ def test_every_registered_command_has_a_handler():
         assert callable(sub.get_default("func")), name
 
 
-def test_python_m_doctor_end_to_end():
-    proc = run_module("doctor", "--json")
-    assert proc.returncode in (0, 1), proc.stderr
+def test_real_doctor_exit_code_matches_its_verdict(capsys):
+    code = cli.main(["doctor", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == (0 if data["verdict"] == "GO" else 1)
+    assert {c["name"] for c in data["checks"]} >= {"python", "torch", "cuda"}
+
+
+def test_python_m_doctor_without_torch_exits_1(tmp_path):
+    # A stub `torch` package first on the path makes `import torch` fail in the child process
+    # (and keeps this test fast: the real torch is never imported there).
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch hidden by test')")
+    proc = run_module("doctor", "--json", pythonpath=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
     data = json.loads(proc.stdout)
-    assert proc.returncode == (0 if data["verdict"] == "GO" else 1)
+    torch_check = next(c for c in data["checks"] if c["name"] == "torch")
+    assert data["verdict"] == "NO-GO" and torch_check["status"] == "FAIL"
+    assert "torch hidden by test" in torch_check["detail"]
     assert "Traceback" not in proc.stderr
 
 
