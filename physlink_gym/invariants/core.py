@@ -77,7 +77,7 @@ class BoundCheck(Protocol):
     simulator state before and after a step can snapshot it.
     """
 
-    def __call__(self, transition: Transition) -> Any:
+    def __call__(self, transition: Transition, /) -> Any:
         """Return the residual of one transition."""
         ...
 
