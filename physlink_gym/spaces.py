@@ -408,6 +408,11 @@ class ObservationSpace(_BoxSpace):
 class ActionSpace(_BoxSpace):
     """A 1-D float (continuous) action vector.
 
+    Attributes:
+        low: Lower bound per dim (``-inf`` where unbounded).
+        high: Upper bound per dim (``inf`` where unbounded).
+        dtype: ``"float32"`` (default), ``"float16"`` or ``"float64"``.
+
     ``from_gymnasium(space.to_gymnasium()) == space`` holds for every ActionSpace, and
     ``from_gymnasium(box).to_gymnasium()`` equals ``box`` for every 1-D float Box.
     """
