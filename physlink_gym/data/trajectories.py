@@ -266,7 +266,8 @@ class _Buffer:
         physlink = info.get("physlink")
         valid = physlink.get("valid", True) if isinstance(physlink, dict) else True
         index = len(self.rows["obs"])
-        values = (np.asarray(obs, np.float32), action, reward, first, terminal, last, bool(valid))
+        flat_obs = np.atleast_1d(np.asarray(obs, np.float32))
+        values = (flat_obs, action, reward, first, terminal, last, bool(valid))
         for name, value in zip(ENTRY_FIELDS, values, strict=True):
             self.rows[name].append(value)
         for key in self.info_keys:
