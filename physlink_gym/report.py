@@ -1,0 +1,351 @@
+"""ComplianceReport: plain data about how a wrapped env met its invariants.
+
+:meth:`InvariantWrapper.compliance_report` returns one; reports merge across vector sub-envs,
+round-trip through JSON and plot residual histograms. Memory is bounded: per invariant the report
+keeps the :data:`MAX_KEPT_VIOLATIONS` largest violations, the costs of the last
+:data:`MAX_KEPT_EPISODES` episodes, and a histogram of residuals (4 bins per octave) instead of
+the residuals themselves.
+
+Example:
+    >>> inv = InvariantReport("energy", "soft", 0.01, checked=200, violations=2,
+    ...                       max_residual=0.5213)
+    >>> report = ComplianceReport([inv], steps=200)
+    >>> print(report.summary())
+    energy: FAIL (max_residual=0.5213, threshold=0.0100, violations=2/200)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physlink_gym.errors import ValidationError
+
+__all__ = [
+    "MAX_KEPT_EPISODES",
+    "MAX_KEPT_VIOLATIONS",
+    "STATUSES",
+    "ComplianceReport",
+    "InvariantReport",
+    "bin_edges",
+    "histogram_add",
+]
+
+STATUSES = ("PASS", "FAIL", "ERROR", "NOT_APPLICABLE")
+MAX_KEPT_VIOLATIONS = 1000
+MAX_KEPT_EPISODES = 10_000
+_SUB = 4  # histogram bins per octave
+
+
+def histogram_add(hist: dict[int, int], residuals: np.ndarray) -> None:
+    """Add positive finite ``residuals`` to a sparse log histogram ``{bin: count}`` in place.
+
+    Bin ``4 e + j`` holds ``r = m · 2**e`` (``np.frexp``, ``m`` in [0.5, 1)) with
+    ``j = floor(8 (m − 0.5))``: four equal sub-bins per octave (edges from :func:`bin_edges`).
+
+    Example:
+        >>> h = {}
+        >>> histogram_add(h, np.array([0.5, 0.55, 1.0]))
+        >>> h, bin_edges(0), bin_edges(4)
+        ({0: 2, 4: 1}, (0.5, 0.625), (1.0, 1.25))
+    """
+    mant, expo = np.frexp(residuals)
+    keys = _SUB * expo.astype(np.int64) + ((mant - 0.5) * (2 * _SUB)).astype(np.int64)
+    uniq, counts = np.unique(keys, return_counts=True)
+    for k, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        hist[k] = hist.get(k, 0) + c
+
+
+def bin_edges(key: int) -> tuple[float, float]:
+    """Lower and upper residual edges of histogram bin ``key`` (see :func:`histogram_add`)."""
+    expo, j = divmod(key, _SUB)
+    step = 2.0**expo / (2 * _SUB)
+    return 2.0**expo * 0.5 + j * step, 2.0**expo * 0.5 + (j + 1) * step
+
+
+@dataclass
+class InvariantReport:
+    """Statistics of one invariant (plain data).
+
+    ``checked`` counts residuals obtained, ``errors`` the steps where the invariant raised or
+    returned garbage; ``zeros``/``nonfinite`` count residuals equal to 0 / NaN or ±inf (the
+    others are in ``histogram``). ``max_residual`` is ``inf`` once a non-finite residual was
+    seen. ``worst`` holds up to :data:`MAX_KEPT_VIOLATIONS` violations as
+    ``[residual, episode, step, env_index]``, largest first. ``episode_costs`` are this
+    invariant's per-episode sums of ``max(0, residual − tolerance)``.
+    """
+
+    name: str
+    mode: str
+    tolerance: float
+    checked: int = 0
+    violations: int = 0
+    errors: int = 0
+    zeros: int = 0
+    nonfinite: int = 0
+    max_residual: float = 0.0
+    residual_sum: float = 0.0
+    histogram: dict[int, int] = field(default_factory=dict)
+    worst: list[list[float]] = field(default_factory=list)
+    episode_costs: list[float] = field(default_factory=list)
+    not_applicable: str | None = None
+    last_error: str | None = None
+    disabled: bool = False
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL (a violation), ERROR (an exception or garbage result) or NOT_APPLICABLE."""
+        if self.not_applicable is not None:
+            return "NOT_APPLICABLE"
+        if self.errors:
+            return "ERROR"
+        return "FAIL" if self.violations else "PASS"
+
+    @property
+    def violation_rate(self) -> float:
+        """Violations per checked transition (0.0 before any step)."""
+        return self.violations / self.checked if self.checked else 0.0
+
+    @property
+    def mean_residual(self) -> float:
+        """Mean of the finite residuals (0.0 when there are none)."""
+        finite = self.checked - self.nonfinite
+        return self.residual_sum / finite if finite else 0.0
+
+    @property
+    def mean_episode_cost(self) -> float:
+        """Mean per-episode cost over the kept episodes (0.0 when none ended)."""
+        return float(np.mean(self.episode_costs)) if self.episode_costs else 0.0
+
+    def summary_line(self) -> str:
+        """One line: ``name: STATUS (max_residual=…, threshold=…, violations=v/n)``."""
+        status = self.status
+        if status == "NOT_APPLICABLE":
+            return f"{self.name}: NOT_APPLICABLE ({self.not_applicable})"
+        core = (f"max_residual={self.max_residual:.4f}, threshold={self.tolerance:.4f}, "
+                f"violations={self.violations}/{self.checked}")
+        if status == "ERROR":
+            disabled = ", disabled" if self.disabled else ""
+            return (f"{self.name}: ERROR (errors={self.errors}/{self.checked + self.errors}"
+                    f"{disabled}, {core}, last_error={self.last_error})")
+        return f"{self.name}: {status} ({core})"
+
+
+def _merge_invariant(into: InvariantReport, other: InvariantReport, env_index: int | None) -> None:
+    if (other.tolerance, other.mode) != (into.tolerance, into.mode):
+        raise ValidationError(
+            got=f"invariant {into.name!r} with tolerance/mode {into.tolerance}/{into.mode} and "
+            f"{other.tolerance}/{other.mode}",
+            expected="the same invariant configuration in every merged report",
+            fix="merge reports of envs wrapped with the same invariants",
+        )
+    if other.not_applicable is not None:
+        return
+    into.not_applicable = None
+    for name in ("checked", "violations", "errors", "zeros", "nonfinite", "residual_sum"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.max_residual = max(into.max_residual, other.max_residual)
+    for k, c in other.histogram.items():
+        into.histogram[k] = into.histogram.get(k, 0) + c
+    worst = [list(w) if env_index is None else [*w[:3], env_index] for w in other.worst]
+    into.worst = sorted(into.worst + worst, key=_worst_key, reverse=True)[:MAX_KEPT_VIOLATIONS]
+    into.episode_costs = (into.episode_costs + other.episode_costs)[-MAX_KEPT_EPISODES:]
+    into.last_error = other.last_error or into.last_error
+    into.disabled = into.disabled or other.disabled
+
+
+def _worst_key(w: Sequence[float]) -> float:
+    return math.inf if math.isnan(w[0]) else w[0]
+
+
+@dataclass
+class ComplianceReport:
+    """How a wrapped env (or several, merged) met its invariants.
+
+    Attributes:
+        invariants: One :class:`InvariantReport` per invariant, in wrapper order.
+        steps: Transitions checked. ``invalid_steps``: those flagged (``valid`` False).
+        episodes: Episodes ended. ``episode_costs``: total ``info["cost"]`` per episode.
+        env_count: Number of envs merged into this report.
+    """
+
+    invariants: list[InvariantReport] = field(default_factory=list)
+    steps: int = 0
+    invalid_steps: int = 0
+    episodes: int = 0
+    episode_costs: list[float] = field(default_factory=list)
+    env_count: int = 1
+
+    def __getitem__(self, name: str) -> InvariantReport:
+        """The report of invariant ``name``."""
+        for inv in self.invariants:
+            if inv.name == name:
+                return inv
+        raise KeyError(name)
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        """``{name: status}`` for every invariant."""
+        return {inv.name: inv.status for inv in self.invariants}
+
+    @property
+    def passed(self) -> bool:
+        """True when no invariant is FAIL or ERROR."""
+        return all(s in ("PASS", "NOT_APPLICABLE") for s in self.statuses.values())
+
+    def summary(self) -> str:
+        """One line per invariant, e.g.
+
+        ``energy: FAIL (max_residual=0.5213, threshold=0.0100, violations=2/200)``; ERROR lines
+        add the error count and the last error, NOT_APPLICABLE lines give the reason.
+        """
+        return "\n".join(inv.summary_line() for inv in self.invariants)
+
+    def violations(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Kept violations of every invariant, largest residual first (NaN counts as largest).
+
+        Each is ``{"invariant_name", "residual", "threshold", "episode", "step", "env_index"}``.
+        Only the :data:`MAX_KEPT_VIOLATIONS` largest per invariant are kept.
+        """
+        rows: list[dict[str, Any]] = [
+            {"invariant_name": inv.name, "residual": float(w[0]), "threshold": inv.tolerance,
+             "episode": int(w[1]), "step": int(w[2]), "env_index": int(w[3])}
+            for inv in self.invariants for w in inv.worst
+        ]
+        rows.sort(key=lambda row: _worst_key([row["residual"]]), reverse=True)
+        return rows if limit is None else rows[:limit]
+
+    @classmethod
+    def merge(cls, reports: Iterable[ComplianceReport], *, reindex: bool = True,
+              ) -> ComplianceReport:
+        """Combine reports (e.g. ``venv.env_method("compliance_report")``) into one.
+
+        Counts add up, maxima take the max, histograms add. With ``reindex`` the violations of
+        the i-th report get ``env_index = i``; pass ``reindex=False`` to keep stored indices.
+        """
+        reports = list(reports)
+        merged = cls(env_count=0)
+        by_name: dict[str, InvariantReport] = {}
+        for i, rep in enumerate(reports):
+            for inv in rep.invariants:
+                if inv.name not in by_name:
+                    by_name[inv.name] = InvariantReport(
+                        inv.name, inv.mode, inv.tolerance, not_applicable=inv.not_applicable)
+                    merged.invariants.append(by_name[inv.name])
+                _merge_invariant(by_name[inv.name], inv, i if reindex else None)
+            merged.steps += rep.steps
+            merged.invalid_steps += rep.invalid_steps
+            merged.episodes += rep.episodes
+            merged.episode_costs = (merged.episode_costs + rep.episode_costs)[-MAX_KEPT_EPISODES:]
+            merged.env_count += rep.env_count
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (non-finite floats become the strings "nan", "inf", "-inf")."""
+        data = asdict(self)
+        for inv in data["invariants"]:
+            inv["histogram"] = {str(k): v for k, v in inv["histogram"].items()}
+        return {"format": "physlink_gym.ComplianceReport", "version": 1, **_json_safe(data)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComplianceReport:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("format") != "physlink_gym.ComplianceReport":
+            raise ValidationError(
+                got=f"a dict with format={data.get('format')!r}",
+                expected="the output of ComplianceReport.to_dict() / export()",
+                fix="pass a file written by ComplianceReport.export(path)",
+            )
+        data = _from_json_safe(data)
+        invs = []
+        for raw in data["invariants"]:
+            raw = {k: raw[k] for k in (f.name for f in fields(InvariantReport)) if k in raw}
+            raw["histogram"] = {int(k): int(v) for k, v in raw.get("histogram", {}).items()}
+            invs.append(InvariantReport(**raw))
+        keep = {f.name for f in fields(cls)} - {"invariants"}
+        return cls(invariants=invs, **{k: v for k, v in data.items() if k in keep})
+
+    def export(self, path: str | Path) -> Path:
+        """Write the report as JSON (readable by ``json.load``); return the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ComplianceReport:
+        """Read a report written by :meth:`export`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Residual histograms (log axis) with a dashed line at each tolerance; returns the Figure.
+
+        Zero and non-finite residuals cannot sit on a log axis: their counts are in the titles.
+        matplotlib is imported here, not at module import; ``path`` saves the figure.
+        """
+        import matplotlib.pyplot as plt
+
+        shown = [inv for inv in self.invariants if inv.not_applicable is None]
+        fig, axes = plt.subplots(max(len(shown), 1), 1, figsize=(6, 2.5 * max(len(shown), 1)),
+                                 squeeze=False)
+        for ax, inv in zip(axes[:, 0], shown, strict=False):
+            keys = sorted(inv.histogram)
+            edges = [bin_edges(k) for k in keys]
+            ax.bar([lo for lo, _ in edges], [inv.histogram[k] for k in keys],
+                   width=[hi - lo for lo, hi in edges], align="edge", color="tab:blue")
+            ax.set_xscale("log")
+            if inv.tolerance > 0:
+                ax.axvline(inv.tolerance, color="tab:red", linestyle="--", label="tolerance")
+            ax.set_title(f"{inv.name}: {inv.status} (zeros={inv.zeros}, "
+                         f"non-finite={inv.nonfinite})")
+            ax.set_xlabel("residual")
+            ax.set_ylabel("count")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+        return fig
+
+    def to_tensorboard(self, writer: Any, step: int, prefix: str = "invariants") -> None:
+        """Log per-invariant scalars to a ``SummaryWriter`` (``add_scalar``) or SB3 ``Logger``.
+
+        Tags: ``{prefix}/{name}/violation_rate``, ``/max_residual``, ``/mean_residual``,
+        ``/errors``; plus ``{prefix}/invalid_rate``.
+        """
+        values = {f"{prefix}/invalid_rate": self.invalid_steps / self.steps if self.steps else 0.0}
+        for inv in self.invariants:
+            if inv.not_applicable is None:
+                tag = f"{prefix}/{inv.name}"
+                values.update({f"{tag}/violation_rate": inv.violation_rate,
+                               f"{tag}/max_residual": inv.max_residual,
+                               f"{tag}/mean_residual": inv.mean_residual,
+                               f"{tag}/errors": float(inv.errors)})
+        for tag, value in values.items():
+            if hasattr(writer, "add_scalar"):
+                writer.add_scalar(tag, value, step)
+            else:
+                writer.record(tag, value)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)  # 'nan', 'inf', '-inf'
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _from_json_safe(obj: Any) -> Any:
+    if isinstance(obj, str) and obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _from_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json_safe(v) for v in obj]
+    return obj
