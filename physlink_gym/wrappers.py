@@ -5,7 +5,8 @@ Python types on every step, so Gymnasium vector envs can batch it:
 
 * ``valid`` (bool): False when a hard invariant was violated, or any residual was NaN/inf.
 * ``cost`` (float): ``Σ_soft max(0, residual − tolerance)`` over the soft invariants with a
-  finite residual (also set as ``info["cost"]``, the safety-gymnasium/OmniSafe convention).
+  finite residual. It is also set as ``info["cost"]`` (the safety-gymnasium/OmniSafe
+  convention), added to the env's own ``info["cost"]`` when there is one.
 * ``residuals`` (dict[str, float]): one entry per applicable invariant (NaN when it errored or
   is disabled). ``violated`` (dict[str, bool]): the same keys; a fixed-key dict of bools rather
   than a list of names, because vector envs batch it into one bool array per invariant.
@@ -245,7 +246,8 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         record = self._check(t)
         record["raw_reward"] = raw = float(reward)
         info[self.info_key] = record
-        info["cost"] = cost = record["cost"]
+        cost = record["cost"]
+        info["cost"] = cost if "cost" not in info else cost + float(info["cost"])
         if self._has_soft:
             reward = raw - self.soft_weight * cost
         if not record["valid"]:

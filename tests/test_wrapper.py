@@ -128,6 +128,19 @@ def test_soft_penalty_formula():
         assert info["physlink"]["valid"]
 
 
+def test_env_cost_is_added_to_info_cost():
+    class CostEnv(CounterEnv):
+        def step(self, action):
+            obs, reward, te, tr, _ = super().step(action)
+            return obs, reward, te, tr, {"cost": 2.0}
+
+    env = InvariantWrapper(CostEnv(), [Invariant("a", fn=k_residual(), tolerance=0.5,
+                                                 mode="soft")])
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(1))
+    assert info["cost"] == 2.5 and info["physlink"]["cost"] == 0.5 and reward == 0.5
+
+
 def test_reward_untouched_without_soft_invariants():
     env = wrap([Invariant("h", fn=k_residual(), tolerance=0.5, mode="hard")])
     _, reward, _, _, info = env.step(np.zeros(1))
