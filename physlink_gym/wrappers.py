@@ -157,7 +157,6 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         self._episode_costs: list[float] = []
         self._ep_len = self._ep_invalid = self._ep_errors = 0
         self._ep_cost = 0.0
-        self._countdown = _FLUSH_EVERY
         self._rebuild()
         for inv in invariants:
             self.add_invariant(inv)
@@ -243,9 +242,8 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         t["truncated"] = truncated
         t["info"] = info
         t["step"] = self._ep_len
-        record = self._check(t)
-        record["raw_reward"] = raw = float(reward)
-        info[self.info_key] = record
+        raw = float(reward)
+        info[self.info_key] = record = self._check(t, raw)
         cost = record["cost"]
         info["cost"] = cost if "cost" not in info else cost + float(info["cost"])
         if self._has_soft:
@@ -260,7 +258,7 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         return obs, reward, terminated, truncated, info
 
     # ------------------------------------------------------------------ per-step internals
-    def _check(self, t: dict[str, Any]) -> dict[str, Any]:
+    def _check(self, t: dict[str, Any], raw_reward: float) -> dict[str, Any]:
         residuals: dict[str, float] = {}
         violated = self._no_violation.copy()
         cost = 0.0
@@ -292,13 +290,12 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                 else:
                     cost += excess
         self._n_steps += 1
-        self._countdown -= 1
-        if not self._countdown:
+        if not self._n_steps % _FLUSH_EVERY:
             self._flush()
         if errors:
             self._ep_errors += errors
         return {"valid": valid, "cost": cost, "residuals": residuals, "violated": violated,
-                "errors": errors}
+                "errors": errors, "raw_reward": raw_reward}
 
     def _on_invalid(self, record: dict[str, Any], terminated: bool, truncated: bool,
                     ) -> tuple[bool, bool]:
@@ -370,7 +367,6 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                 "errors": self._ep_errors, "violations": violations}
 
     def _flush(self) -> None:
-        self._countdown = _FLUSH_EVERY
         for s in self._slots:
             s.flush()
 
