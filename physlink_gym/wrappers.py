@@ -3,7 +3,8 @@
 Each step sets ``info[info_key]`` (default ``"physlink"``) to a dict with the same keys and plain
 Python types on every step, so Gymnasium vector envs can batch it:
 
-* ``valid`` (bool): False when a hard invariant was violated, or any residual was NaN/inf.
+* ``valid`` (bool): False when a hard invariant was violated, or any residual was NaN/inf
+  (whatever the mode). An invariant ERROR does not flag the transition: see ``errors``.
 * ``cost`` (float): ``Σ_soft max(0, residual − tolerance)`` over the soft invariants with a
   finite residual. It is also set as ``info["cost"]`` (the safety-gymnasium/OmniSafe
   convention), added to the env's own ``info["cost"]`` when there is one.
