@@ -10,6 +10,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from physlink_gym import invariants as inv
+from physlink_gym.errors import PhysLinkError
 from physlink_gym.invariants import Invariant
 from physlink_gym.report import ComplianceReport
 from physlink_gym.wrappers import InvariantWrapper, valid_mask
@@ -98,3 +99,22 @@ def test_gymnasium_vector_envs(vec_cls, mode):
     assert all(r["boom"].errors == 2 for r in reports)
     merged = ComplianceReport.merge(reports)
     assert merged["spin"].violations == merged.invalid_steps > 0
+
+
+def test_valid_mask_formats():
+    assert valid_mask({"physlink": {"valid": False}}).tolist() == [False]
+    assert valid_mask({}).tolist() == [False]                       # a single info, no record
+    assert valid_mask({}, missing=True, num_envs=3).tolist() == [True] * 3
+    # Gymnasium >= 1.0 batched dict, env 1 ended (SAME_STEP): its record is in final_info
+    batched = {"physlink": {"valid": np.array([True, False])}, "_physlink": np.array([True, False]),
+               "final_info": {"physlink": {"valid": np.array([False, True])},
+                              "_physlink": np.array([False, True])},
+               "_final_info": np.array([False, True])}
+    assert valid_mask(batched).tolist() == [True, True]
+    # Gymnasium < 1.0: final_info is an object array of single-env info dicts
+    legacy = {"physlink": {"valid": np.array([True, True])}, "_physlink": np.array([True, False]),
+              "final_info": np.array([None, {"physlink": {"valid": False}}], dtype=object),
+              "_final_info": np.array([False, True])}
+    assert valid_mask(legacy).tolist() == [True, False]
+    with pytest.raises(PhysLinkError, match="info dict"):
+        valid_mask(42)
