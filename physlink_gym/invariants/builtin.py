@@ -199,32 +199,55 @@ def _finite_test(space: Any) -> Callable[[Any], bool]:
     """A fast ``x -> all entries finite`` for values of ``space`` (fallback: count_nonfinite)."""
     shape = getattr(space, "shape", None)
     dtype = getattr(space, "dtype", None)
-    if dtype is not None and np.dtype(dtype).kind == "f" and shape is not None and len(shape) == 1:
-        zeros = np.zeros(shape, dtype=dtype)
+    if dtype is None or np.dtype(dtype).kind != "f" or shape is None or len(shape) != 1:
+        return lambda x: _count_one(x) == 0
+    zeros = np.zeros(shape, dtype=dtype)
+    small = shape[0] <= _FAST_LIST_MAX
 
-        def dot_test(x: Any) -> bool:
-            # x·0 is NaN iff some entry of x is NaN or ±inf; it never overflows.
-            try:
-                return math.isfinite(x.dot(zeros))
-            except (AttributeError, TypeError, ValueError):
-                return _count_one(x) == 0
+    def test(x: Any) -> bool:
+        # A sum is non-finite when an entry is NaN/±inf (or on overflow: then count exactly);
+        # x·0 is NaN iff an entry is NaN/±inf and never overflows.
+        try:
+            if small:
+                return math.isfinite(sum(x.tolist())) or _count_one(x) == 0
+            return math.isfinite(x.dot(zeros))
+        except (AttributeError, TypeError, ValueError):
+            return _count_one(x) == 0
 
-        return dot_test
-    return lambda x: _count_one(x) == 0
+    return test
+
+
+def _small_vector(space: Any) -> bool:
+    shape = getattr(space, "shape", None)
+    return shape is not None and len(shape) == 1 and shape[0] <= _FAST_LIST_MAX
 
 
 class _FiniteCheck:
     """Bound :func:`finite`: ``obs`` is checked only on the first step after a reset."""
 
     def __init__(self, env: Any) -> None:
-        self.obs_ok = _finite_test(getattr(env, "observation_space", None))
-        self.act_ok = _finite_test(getattr(env, "action_space", None))
+        obs_space = getattr(env, "observation_space", None)
+        act_space = getattr(env, "action_space", None)
+        self.obs_ok = _finite_test(obs_space)
+        self.act_ok = _finite_test(act_space)
+        self.fast = _small_vector(obs_space) and _small_vector(act_space)
         self.first = True
 
     def on_reset(self, env: Any, obs: Any) -> None:
         self.first = True
 
     def __call__(self, t: Transition) -> float:
+        if self.fast and not self.first:
+            # A sum is non-finite iff an entry is NaN/±inf, or on overflow: then count exactly.
+            try:
+                if (math.isfinite(t["reward"]) and math.isfinite(sum(t["next_obs"].tolist()))
+                        and math.isfinite(sum(t["action"].tolist()))):
+                    return 0.0
+            except (AttributeError, TypeError, ValueError):
+                pass
+        return self._general(t)
+
+    def _general(self, t: Transition) -> float:
         reward, next_obs, action = t["reward"], t["next_obs"], t["action"]
         try:
             reward_ok = math.isfinite(reward)
@@ -248,22 +271,32 @@ class _BoxCheck:
         self.low_l: list[float] = self.low.ravel().tolist()
         self.high_l: list[float] = self.high.ravel().tolist()
         self.small = self.low.size <= _FAST_LIST_MAX
+        self.flat = len(self.shape) == 1
         self.first = check_obs_on_reset
         self.check_obs_on_reset = check_obs_on_reset
 
     def on_reset(self, env: Any, obs: Any) -> None:
         self.first = self.check_obs_on_reset
 
+    def __call__(self, t: Transition) -> float:
+        if self.small and not self.first:
+            # ±inf bounds accept everything; NaN fails every comparison: slow path.
+            x = t[self.key]  # type: ignore[literal-required]
+            try:
+                if x.shape == self.shape:
+                    v = x.tolist() if self.flat else x.ravel().tolist()
+                    if all(map(le, self.low_l, v)) and all(map(le, v, self.high_l)):
+                        return 0.0
+            except AttributeError:
+                pass
+        return self._general(t)
+
     def _inside(self, x: Any) -> bool:
-        # ±inf bounds accept everything; NaN fails both comparisons, so it takes the slow path.
         if type(x) is not np.ndarray or x.shape != self.shape:
             return False
-        if self.small:
-            v = x.ravel().tolist()
-            return all(map(le, self.low_l, v)) and all(map(le, v, self.high_l))
         return bool((x >= self.low).all() and (x <= self.high).all())
 
-    def __call__(self, t: Transition) -> float:
+    def _general(self, t: Transition) -> float:
         x = t[self.key]  # type: ignore[literal-required]
         r = 0.0 if self._inside(x) else box_excess(x, self.low, self.high)
         if self.first:
