@@ -1,0 +1,1 @@
+"""Agents trained on invariant-checked experience."""

@@ -1,0 +1,369 @@
+"""DreamerV3 as a Stable-Baselines3 algorithm: the env loop, replay, logging and checkpoints.
+
+One training step, top to bottom (:meth:`DreamerV3.learn`):
+
+1. act with the recurrent policy on the raw observation (``policy.act``),
+2. step the VecEnv, call the SB3 callbacks, count ``num_timesteps``,
+3. store the entries in the sequence replay (raw observations when VecNormalize is used; a
+   transition flagged by :class:`~physlink_gym.InvariantWrapper` is stored as invalid),
+4. owe ``train_ratio / (batch_size * sequence_length)`` updates per env step and pay them with
+   ``learner.train_step`` on ``(batch_size, sequence_length)`` replay windows.
+
+This subclasses SB3's ``BaseAlgorithm`` rather than ``OffPolicyAlgorithm``: the latter's buffers and
+action sampling are per-transition and would drop the recurrent state.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.utils import safe_mean
+
+from physlink_gym.agents.dreamerv3 import persistence
+from physlink_gym.agents.dreamerv3.config import DreamerV3Config, make_config
+from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
+from physlink_gym.agents.dreamerv3.replay import SequenceReplay
+from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
+from physlink_gym.errors import ConfigurationError
+
+__all__ = ["DreamerV3"]
+
+SelfDreamerV3 = TypeVar("SelfDreamerV3", bound="DreamerV3")
+
+
+class DreamerV3(BaseAlgorithm):
+    """DreamerV3 (Hafner et al., Nature 2025) with the Stable-Baselines3 interface.
+
+    Args:
+        policy: ``"MlpPolicy"`` (vector observations) or the policy class.
+        env: A Gymnasium env, an env id, or a VecEnv (``n_envs >= 1``).
+        preset: Model size: ``"debug"``, ``"1m"`` (default), ``"12m"``, ``"25m"``, ``"50m"``,
+            ``"200m"`` (see :func:`~physlink_gym.agents.dreamerv3.config.make_config`).
+        learning_rate: LaProp learning rate; ``None`` keeps the preset's (4e-5, reference).
+        train_ratio: Replayed steps per env step; ``None`` keeps the preset's.
+        batch_size: Sequences per update; ``None`` keeps the preset's (16).
+        sequence_length: Steps per sequence; ``None`` keeps the preset's (64).
+        learning_starts: Env steps collected before the first update.
+        buffer_size: Replay capacity in steps, across all envs.
+        policy_kwargs: Further config overrides, e.g. ``{"deter": 256, "imag_horizon": 10}``.
+        tensorboard_log: Folder for TensorBoard runs (``DreamerV3_1``, ``DreamerV3_2``, ...).
+        verbose: 0 silent, 1 training info, 2 debug.
+        seed: Seed for torch, numpy, Python and the env.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        stats_window_size: Episodes averaged in ``rollout/`` statistics.
+        monitor_wrapper: Wrap a raw env in ``Monitor``.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> from physlink_gym import DreamerV3
+        >>> model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", learning_starts=64,
+        ...                   seed=0)
+        >>> _ = model.learn(128)
+        >>> action, state = model.predict(model.env.reset(), deterministic=True)
+        >>> action.shape, len(state)
+        ((1, 1), 3)
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": DreamerV3Policy}
+    policy: DreamerV3Policy
+
+    def __init__(
+        self,
+        policy: str | type[DreamerV3Policy],
+        env: GymEnv | str | None,
+        *,
+        preset: str = "1m",
+        learning_rate: float | None = None,
+        train_ratio: float | None = None,
+        batch_size: int | None = None,
+        sequence_length: int | None = None,
+        learning_starts: int = 1024,
+        buffer_size: int = 1_000_000,
+        policy_kwargs: dict[str, Any] | None = None,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        stats_window_size: int = 100,
+        monitor_wrapper: bool = True,
+        _init_setup_model: bool = True,
+    ) -> None:
+        self.preset = preset
+        self.config_overrides = _overrides(
+            policy_kwargs, lr=learning_rate, train_ratio=train_ratio, batch_size=batch_size,
+            batch_length=sequence_length,
+        )
+        config = make_config(preset, **self.config_overrides)  # validates early
+        super().__init__(
+            policy, env, learning_rate=config.lr, policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
+            verbose=verbose, device=device, support_multi_env=True,
+            monitor_wrapper=monitor_wrapper, seed=seed,
+            supported_action_spaces=(spaces.Box, spaces.Discrete),
+        )
+        self.learning_starts = _check_int("learning_starts", learning_starts, minimum=0)
+        self.buffer_size = _check_int("buffer_size", buffer_size, minimum=1)
+        self.replay_buffer: SequenceReplay | None = None
+        self._policy_state: tuple[torch.Tensor, ...] | None = None
+        self._update_credit = 0.0
+        self._entries: EntryWriter | None = None
+        self.invariant_stats = InvariantStats()
+        if _init_setup_model:
+            self._setup_model()
+
+    # -- construction ---------------------------------------------------------------------------
+    @property
+    def config(self) -> DreamerV3Config:
+        """The resolved configuration (preset + overrides)."""
+        return self.policy.config
+
+    def _setup_model(self) -> None:
+        """Build policy, learner and replay from attributes (SB3's ``load`` relies on this)."""
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        config = make_config(self.preset, **self.config_overrides)
+        self.policy = DreamerV3Policy(
+            self.observation_space, self.action_space, self.lr_schedule, config
+        ).to(self.device)
+        n_envs = self.n_envs if self.env is not None else 1
+        self.replay_buffer = SequenceReplay(
+            capacity=max(self.buffer_size, n_envs * (config.batch_length + 1)),
+            n_envs=n_envs, obs_dim=self.policy.obs_dim, action_dim=self.policy.act_dim,
+            seed=self.seed,
+        )
+        self._policy_state = None
+        self._entries = None
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """Set a new env (same spaces); a different ``n_envs`` gets a fresh replay stream."""
+        old_n = self.n_envs
+        super().set_env(env, force_reset=force_reset)
+        self._policy_state = None
+        self._entries = None
+        if self.replay_buffer is not None and self.n_envs != old_n:
+            self.replay_buffer = SequenceReplay(
+                capacity=max(self.buffer_size, self.n_envs * (self.config.batch_length + 1)),
+                n_envs=self.n_envs, obs_dim=self.policy.obs_dim,
+                action_dim=self.policy.act_dim, seed=self.seed,
+            )
+
+    # -- acting ---------------------------------------------------------------------------------
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: RecurrentState | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, RecurrentState]:
+        """Action for ``observation`` and the next recurrent state ``(h, z, prev_action)``.
+
+        ``episode_start[i] = True`` resets row ``i`` exactly like ``state=None``. Observations
+        are raw env observations, as the world model was trained on them.
+        """
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    # -- training loop --------------------------------------------------------------------------
+    def learn(
+        self: SelfDreamerV3,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "DreamerV3",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfDreamerV3:
+        """Collect experience and train, following SB3's ``learn`` protocol.
+
+        Args:
+            total_timesteps: Env steps to collect (counted over all envs).
+            callback: Any SB3 callback, a list of them, or a plain function.
+            log_interval: Dump logs every this many finished episodes.
+            tb_log_name: Name of the TensorBoard run folder.
+            reset_num_timesteps: Restart the step counter (and the TensorBoard run).
+            progress_bar: Show a progress bar (tqdm + rich).
+
+        Returns:
+            The trained model (``self``).
+        """
+        _check_int("total_timesteps", total_timesteps, minimum=0)
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        callback.on_training_start(locals(), globals())
+        assert self.env is not None
+        while self.num_timesteps < total_timesteps:
+            if not self._collect_step(callback, log_interval):
+                break
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            self.train(self._updates_due())
+        callback.on_training_end()
+        return self
+
+    def _ensure_stream(self) -> None:
+        assert self.env is not None and self.replay_buffer is not None
+        if self._entries is None or self._policy_state is None:
+            self._entries = EntryWriter(self.replay_buffer, self._vec_normalize_env)
+            self._policy_state = self.policy.initial_state(self.n_envs)
+            assert self._last_episode_starts is not None
+            self._last_episode_starts[:] = True
+            self._entries.start(self._raw_last_obs())
+
+    def _raw_last_obs(self) -> np.ndarray:
+        if self._vec_normalize_env is not None and self._last_original_obs is not None:
+            return np.asarray(self._last_original_obs)
+        return np.asarray(self._last_obs)
+
+    def _collect_step(self, callback: BaseCallback, log_interval: int) -> bool:
+        """One vector-env step: act, step, callbacks, store. Returns False to stop training."""
+        assert self.env is not None and self._last_episode_starts is not None
+        self._ensure_stream()
+        assert self._entries is not None and self._policy_state is not None
+        callback.on_rollout_start()
+        buffer_actions, self._policy_state = self.policy.act(
+            self._raw_last_obs(), self._policy_state, self._last_episode_starts,
+            deterministic=False,
+        )
+        actions = self.policy.to_env_action(buffer_actions)
+        new_obs, rewards, dones, infos = self.env.step(actions)
+        self.num_timesteps += self.env.num_envs
+        callback.update_locals(locals())
+        if not callback.on_step():
+            callback.on_rollout_end()
+            return False
+        self._update_info_buffer(infos, dones)
+        self.invariant_stats.update(infos)
+        self._entries.add_step(buffer_actions, rewards, dones, infos, new_obs)
+        self._last_obs = new_obs  # type: ignore[assignment]
+        self._last_episode_starts = np.asarray(dones, dtype=bool)
+        if self._vec_normalize_env is not None:
+            self._last_original_obs = self._vec_normalize_env.get_original_obs()
+        for done in np.flatnonzero(dones):
+            del done
+            self._episode_num += 1
+            if log_interval is not None and self._episode_num % log_interval == 0:
+                self.dump_logs()
+        callback.on_rollout_end()
+        return True
+
+    def _updates_due(self) -> int:
+        """Updates owed so that replayed steps / env steps stays at ``train_ratio``."""
+        assert self.env is not None and self.replay_buffer is not None
+        config = self.config
+        if self.num_timesteps <= self.learning_starts:
+            return 0
+        if not self.replay_buffer.can_sample(config.batch_length):
+            return 0
+        self._update_credit += self.env.num_envs * config.train_ratio / (
+            config.batch_size * config.batch_length
+        )
+        due = int(self._update_credit)
+        self._update_credit -= due
+        return due
+
+    def train(self, gradient_steps: int) -> None:
+        """Run ``gradient_steps`` updates on replay windows and record their metrics."""
+        if gradient_steps <= 0:
+            return
+        assert self.replay_buffer is not None
+        config = self.config
+        self.policy.learner.train()
+        self._update_learning_rate(self.policy.optimizer)
+        start = time.perf_counter()
+        for _ in range(gradient_steps):
+            batch_np = self.replay_buffer.sample(config.batch_size, config.batch_length)
+            batch = {k: torch.as_tensor(v, device=self.device) for k, v in batch_np.items()}
+            metrics = self.policy.learner.train_step(batch)
+            for key, value in metrics.items():
+                self.logger.record_mean(_train_tag(key), value)
+        elapsed = time.perf_counter() - start
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record_mean("time/updates_per_second", gradient_steps / max(elapsed, 1e-9))
+
+    def dump_logs(self) -> None:
+        """Write the ``rollout/``, ``time/``, ``train/`` and ``invariants/`` records."""
+        assert self.ep_info_buffer is not None
+        time_elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / time_elapsed)
+        self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
+        if len(self.ep_info_buffer) > 0 and len(self.ep_info_buffer[0]) > 0:
+            self.logger.record("rollout/ep_rew_mean",
+                               safe_mean([ep["r"] for ep in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean",
+                               safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.invariant_stats.record(self.logger)
+        self.logger.dump(step=self.num_timesteps)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer"], []
+
+    def save(  # type: ignore[override]
+        self, path: Any, exclude: Any = None, include: Any = None
+    ) -> None:
+        """Save a safe checkpoint (safetensors weights + JSON metadata; never pickle).
+
+        A path without suffix gets ``.zip``. The write is atomic.
+        """
+        persistence.save_model(self, path, exclude=exclude, include=include)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfDreamerV3], path: Any, env: GymEnv | None = None,
+        device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False, force_reset: bool = True, **kwargs: Any,
+    ) -> SelfDreamerV3:
+        """Load a checkpoint written by :meth:`save` (no unpickling, ever)."""
+        return persistence.load_model(
+            cls, path, env=env, device=device, custom_objects=custom_objects,
+            force_reset=force_reset, **kwargs,
+        )
+
+    def set_parameters(  # type: ignore[override]
+        self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
+    ) -> None:
+        """Load parameters from a checkpoint path or from :meth:`get_parameters`' dict."""
+        persistence.set_parameters(self, load_path_or_dict, exact_match=exact_match)
+
+    def save_replay_buffer(self, path: Any) -> None:
+        """Save the replay buffer (npz, no pickle), e.g. for exact resume."""
+        assert self.replay_buffer is not None
+        self.replay_buffer.save(path)
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """Load a replay buffer written by :meth:`save_replay_buffer`."""
+        del truncate_last_traj  # the sequence replay keeps whole streams
+        self.replay_buffer = SequenceReplay.load(path)
+
+
+def _train_tag(key: str) -> str:
+    if key.startswith("loss/"):
+        return f"train/{key[5:]}_loss"
+    return "train/" + key.replace("/", "_")
+
+
+def _overrides(policy_kwargs: dict[str, Any] | None, **explicit: Any) -> dict[str, Any]:
+    overrides = dict(policy_kwargs or {})
+    overrides.update({k: v for k, v in explicit.items() if v is not None})
+    return overrides
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigurationError(
+            got=f"{name}={value!r}", expected=f"an int >= {minimum}",
+            fix=f"pass {name} as a whole number >= {minimum}",
+        )
+    return int(value)

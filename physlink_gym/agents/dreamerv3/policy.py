@@ -1,0 +1,180 @@
+"""DreamerV3Policy: the SB3 policy object that owns the learner and carries recurrent state.
+
+``predict`` follows the recurrent-policy convention of SB3 (sb3-contrib's RecurrentPPO): the
+state is a tuple of numpy arrays ``(h, z, previous_action)`` with a leading batch dimension, and
+``episode_start[i] = True`` resets row ``i`` exactly as ``state=None`` would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import get_action_dim
+from stable_baselines3.common.utils import is_vectorized_observation
+
+from physlink_gym.agents.dreamerv3.config import DreamerV3Config
+from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
+from physlink_gym.errors import ConfigurationError, ValidationError
+
+__all__ = ["DreamerV3Policy", "RecurrentState"]
+
+RecurrentState = tuple[np.ndarray, ...]
+
+_GYM_API_MIX = (
+    "You have passed a tuple to the predict() function instead of a Numpy array or a Dict. "
+    "You are probably mixing Gym API with SB3 VecEnv API: `obs, info = env.reset()` (Gym) "
+    "vs `obs = vec_env.reset()` (SB3 VecEnv)."
+)
+
+
+def action_dim_of(action_space: spaces.Space[Any]) -> tuple[int, bool]:
+    """Return ``(learner action width, is_discrete)`` for a supported action space."""
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n), True
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        if not np.all(np.isfinite(action_space.low)) or not np.all(np.isfinite(action_space.high)):
+            raise ConfigurationError(
+                got=f"action space {action_space} with infinite bounds",
+                expected="a Box with finite low and high (actions are rescaled from [-1, 1])",
+                fix="wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
+            )
+        return get_action_dim(action_space), False
+    raise ConfigurationError(
+        got=f"action space {action_space}",
+        expected="a 1-D gymnasium.spaces.Box or a Discrete space",
+        fix="flatten the action space (gymnasium.wrappers.FlattenObservation-style) first",
+    )
+
+
+def obs_dim_of(observation_space: spaces.Space[Any]) -> int:
+    """Return the width of a flat vector observation space, or raise ConfigurationError."""
+    if isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1:
+        return int(observation_space.shape[0])
+    raise ConfigurationError(
+        got=f"observation space {observation_space}",
+        expected="a 1-D gymnasium.spaces.Box (vector observations; MlpPolicy)",
+        fix="flatten observations with gymnasium.wrappers.FlattenObservation",
+    )
+
+
+class DreamerV3Policy(BasePolicy):
+    """Policy wrapper around :class:`DreamerV3Learner` with SB3's ``predict`` contract.
+
+    Args:
+        observation_space: A 1-D Box.
+        action_space: A 1-D Box with finite bounds, or Discrete.
+        lr_schedule: SB3 learning-rate schedule (the learner's LaProp uses its value).
+        config: The DreamerV3 configuration.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        lr_schedule: Any,
+        config: DreamerV3Config,
+    ) -> None:
+        super().__init__(observation_space, action_space)
+        self.config = config
+        self.obs_dim = obs_dim_of(observation_space)
+        self.act_dim, self.discrete = action_dim_of(action_space)
+        self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete)
+        self.optimizer = self.learner.optimizer
+        if not self.discrete:
+            assert isinstance(action_space, spaces.Box)
+            self._low = action_space.low.astype(np.float64)
+            self._high = action_space.high.astype(np.float64)
+
+    # -- conversions between the learner's action space and the env's --------------------------
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Map learner actions ([-1, 1] or one-hot) to env actions (rescaled Box, or indices)."""
+        if self.discrete:
+            return np.asarray(action.argmax(axis=-1), dtype=np.int64)
+        scaled = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+        assert isinstance(self.action_space, spaces.Box)
+        return scaled.astype(self.action_space.dtype)
+
+    def initial_state(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Zero recurrent state for ``n`` rows, on the learner's device."""
+        return tuple(self.learner.initial_state(n))
+
+    def act(
+        self, obs: np.ndarray, state: tuple[torch.Tensor, ...], is_first: np.ndarray,
+        deterministic: bool,
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+        """One batched policy step on raw observations; returns learner-space actions."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        first_t = torch.as_tensor(np.asarray(is_first, dtype=bool), device=self.device)
+        self.learner.eval()
+        action, new_state = self.learner.policy_step(obs_t, state, first_t, deterministic)  # type: ignore[arg-type]
+        return action.cpu().numpy(), tuple(new_state)
+
+    # -- SB3 API --------------------------------------------------------------------------------
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Not used: DreamerV3 acts through :meth:`predict`, which needs the recurrent state."""
+        raise NotImplementedError("DreamerV3Policy acts through predict(); use model.predict")
+
+    def _predict(self, observation: Any, deterministic: bool = False) -> torch.Tensor:
+        raise NotImplementedError("DreamerV3Policy acts through predict(); use model.predict")
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: RecurrentState | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, RecurrentState]:
+        """Return ``(action, next_state)``; see the module docstring for the state contract."""
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(
+            observation[1], dict
+        ):
+            raise ValueError(_GYM_API_MIX)
+        obs = np.asarray(observation, dtype=np.float32)
+        try:
+            vectorized = is_vectorized_observation(obs, self.observation_space)
+        except ValueError as exc:
+            raise ValidationError(
+                got=f"an observation of shape {obs.shape}",
+                expected=f"shape {self.observation_space.shape} or (n_envs, "
+                f"*{self.observation_space.shape})",
+                fix="pass the observation returned by env.reset()/step()",
+            ) from exc
+        batch = obs.reshape((-1, self.obs_dim))
+        n = batch.shape[0]
+        if state is None:
+            torch_state = self.initial_state(n)
+            starts = np.ones(n, dtype=bool)
+        else:
+            torch_state = self._state_from_numpy(state, n)
+            starts = (np.zeros(n, dtype=bool) if episode_start is None
+                      else np.asarray(episode_start, dtype=bool).reshape(n))
+        action, new_state = self.act(batch, torch_state, starts, deterministic)
+        env_action = self.to_env_action(action)
+        if not vectorized:
+            env_action = env_action[0]
+        return env_action, tuple(t.cpu().numpy() for t in new_state)
+
+    def _state_from_numpy(self, state: RecurrentState, n: int) -> tuple[torch.Tensor, ...]:
+        reference = self.initial_state(n)
+        if len(state) != len(reference):
+            raise ValidationError(
+                got=f"a state tuple of length {len(state)}",
+                expected=f"the tuple (h, z, previous_action) of length {len(reference)} "
+                "returned by predict()",
+                fix="pass the state returned by the previous predict() call, or None",
+            )
+        tensors = []
+        for value, ref in zip(state, reference, strict=True):
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.shape != tuple(ref.shape):
+                raise ValidationError(
+                    got=f"a state array of shape {arr.shape}",
+                    expected=f"shape {tuple(ref.shape)} for {n} observation(s)",
+                    fix="keep the state and the observation batch the same size",
+                )
+            tensors.append(torch.as_tensor(arr, device=self.device))
+        return tuple(tensors)

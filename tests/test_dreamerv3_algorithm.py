@@ -1,0 +1,210 @@
+"""DreamerV3 as an SB3 algorithm: learn -> log -> save -> load -> predict, on the debug preset."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import zipfile
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from physlink_gym import DreamerV3, InvariantWrapper, PhysLinkError, invariants
+from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
+
+FAST = dict(preset="debug", learning_starts=32, batch_size=4, sequence_length=16, train_ratio=32,
+            seed=0)
+
+
+def make_model(env="Pendulum-v1", **kwargs):
+    return DreamerV3("MlpPolicy", env, **{**FAST, **kwargs})
+
+
+class Recorder(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.local_keys = set()
+
+    def _on_training_start(self):
+        self.events.append("training_start")
+        self.local_keys |= set(self.locals)
+
+    def _on_rollout_start(self):
+        self.events.append("rollout_start")
+
+    def _on_step(self):
+        self.events.append("step")
+        self.local_keys |= set(self.locals)
+        return True
+
+    def _on_rollout_end(self):
+        self.events.append("rollout_end")
+
+    def _on_training_end(self):
+        self.events.append("training_end")
+
+
+def test_learn_follows_the_sb3_callback_protocol():
+    model = make_model()
+    rec = Recorder()
+    model.learn(40, callback=rec)
+    assert model.num_timesteps == 40
+    assert rec.events[0] == "training_start" and rec.events[-1] == "training_end"
+    assert rec.events.count("step") == 40
+    assert rec.events[1:4] == ["rollout_start", "step", "rollout_end"]
+    assert {"total_timesteps", "new_obs", "rewards", "dones", "infos", "actions"} <= rec.local_keys
+
+
+def test_callback_returning_false_stops_after_that_step():
+    model = make_model()
+
+    def stop_at_7(locals_, globals_):
+        return locals_["self"].num_timesteps < 7
+
+    model.learn(100, callback=stop_at_7)
+    assert model.num_timesteps == 7
+
+
+def test_training_runs_updates_by_train_ratio_and_logs_finite_losses(tmp_path):
+    model = make_model(train_ratio=128, tensorboard_log=str(tmp_path))
+    model.learn(96)
+    # (96 - 32) env steps after learning_starts, 128 replayed steps each, 4 x 16 per update.
+    assert model._n_updates == pytest.approx(128, abs=2)
+    logged = model.logger.name_to_value
+    events = glob.glob(str(tmp_path / "DreamerV3_1" / "events.out.tfevents.*"))
+    assert events, "TensorBoard run folder DreamerV3_1 was not written"
+    del logged
+
+
+def test_invalid_transitions_never_reach_replay_training_windows():
+    flag_every_5 = invariants.Invariant(
+        "every5", fn=lambda t: float(t["step"] % 5 == 4), tolerance=0.5, mode="hard"
+    )
+    env = InvariantWrapper(gym.make("Pendulum-v1"), [flag_every_5])
+    model = make_model(env)
+    model.learn(60)
+    replay = model.replay_buffer
+    stored_valid = replay.state_dict()["valid"][0][: len(replay)]
+    assert (~stored_valid).sum() >= 10
+    batch = replay.sample(8, 16)
+    assert np.all(batch["obs"][~batch["valid"]] == 0)
+
+
+def test_predict_episode_start_equals_fresh_state_and_batches():
+    model = make_model()
+    model.learn(40)
+    obs = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]], dtype=np.float32)
+    a_fresh, s_fresh = model.predict(obs, deterministic=True)
+    _, s_mid = model.predict(obs, deterministic=True)
+    a_reset, s_reset = model.predict(
+        obs, state=s_mid, episode_start=np.ones(2, bool), deterministic=True
+    )
+    np.testing.assert_array_equal(a_fresh, a_reset)
+    for x, y in zip(s_fresh, s_reset):
+        np.testing.assert_array_equal(x, y)
+    a_carry, _ = model.predict(
+        obs, state=s_mid, episode_start=np.zeros(2, bool), deterministic=True
+    )
+    assert a_fresh.shape == (2, 1) and a_carry.shape == (2, 1)
+    single, state = model.predict(obs[0], deterministic=True)
+    assert single.shape == (1,) and state[0].shape[0] == 1
+    assert np.all(np.abs(a_fresh) <= 2.0)
+
+
+def test_predict_rejects_gym_api_tuple():
+    model = make_model()
+    obs, info = gym.make("Pendulum-v1").reset(seed=0)
+    with pytest.raises(ValueError, match="mixing Gym API"):
+        model.predict((obs, info))
+
+
+def test_save_load_round_trip_is_exact_and_never_pickles(tmp_path):
+    model = make_model(train_ratio=64)
+    model.learn(64)
+    path = tmp_path / "model"
+    model.save(path)
+    assert (tmp_path / "model.zip").exists()
+    with zipfile.ZipFile(tmp_path / "model.zip") as zf:
+        assert sorted(zf.namelist()) == ["metadata.json", "tensors.safetensors"]
+        meta = json.loads(zf.read("metadata.json"))
+    assert meta["class"] == "DreamerV3" and meta["num_timesteps"] == 64
+    loaded = DreamerV3.load(path)
+    assert loaded.num_timesteps == 64 and loaded.preset == "debug"
+    for (k, v), (k2, v2) in zip(
+        model.policy.state_dict().items(), loaded.policy.state_dict().items()
+    ):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
+    obs = np.zeros((3, 3), np.float32)
+    a1, _ = model.predict(obs, deterministic=True)
+    a2, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(a1, a2)
+
+
+def test_learn_continues_after_load(tmp_path):
+    model = make_model(train_ratio=64)
+    model.learn(48)
+    model.save(tmp_path / "m.zip")
+    loaded = DreamerV3.load(tmp_path / "m.zip", env=gym.make("Pendulum-v1"))
+    loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 80
+
+
+def test_load_rejects_other_spaces_and_garbage(tmp_path):
+    model = make_model()
+    model.save(tmp_path / "m.zip")
+    with pytest.raises(ConfigurationError, match="spaces"):
+        DreamerV3.load(tmp_path / "m.zip", env=gym.make("MountainCarContinuous-v0"))
+    (tmp_path / "bad.zip").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointCorruptError):
+        DreamerV3.load(tmp_path / "bad.zip")
+
+
+def test_discrete_actions_and_several_envs():
+    venv = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = make_model(venv)
+    model.learn(41)
+    assert 41 <= model.num_timesteps < 43
+    actions, _ = model.predict(venv.reset())
+    assert actions.shape == (2,) and set(actions.tolist()) <= {0, 1}
+    mean, _ = evaluate_policy(model, venv, n_eval_episodes=2)
+    assert mean > 0
+
+
+def test_bad_arguments_get_clear_errors():
+    with pytest.raises(ConfigurationError, match="preset"):
+        DreamerV3("MlpPolicy", "Pendulum-v1", preset="huge")
+    with pytest.raises(ConfigurationError, match="learning_starts"):
+        DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", learning_starts=-1)
+    with pytest.raises(PhysLinkError, match="observation space"):
+        DreamerV3("MlpPolicy", _image_env(), preset="debug")
+
+
+def _image_env():
+    class Img(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, False, False, {}
+
+    return Img()
+
+
+def test_tensorboard_folder_numbering(tmp_path):
+    model = make_model(tensorboard_log=str(tmp_path))
+    model.learn(8)
+    model.learn(8, reset_num_timesteps=False)
+    assert sorted(os.listdir(tmp_path)) == ["DreamerV3_1"]
+    model.learn(8)
+    assert sorted(os.listdir(tmp_path)) == ["DreamerV3_1", "DreamerV3_2"]
