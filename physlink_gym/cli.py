@@ -68,10 +68,97 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.verdict == "GO" else EXIT_ERROR
 
 
+# --- train / evaluate / report -------------------------------------------------------------------
+
+INVARIANT_NAMES = (
+    "finite", "obs_bounds", "action_bounds", "pendulum_energy", "joint_limits", "sim_health",
+    "kinematic_consistency", "mujoco_energy", "momentum",
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_train_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="wrap an env with invariants and train DreamerV3 (TensorBoard logs)",
+        description="Wrap ENV_ID in InvariantWrapper, train DreamerV3 with a progress bar, write "
+        "TensorBoard logs, a checkpoint and the compliance report, then print its summary.",
+    )
+    parser.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium env id")
+    parser.add_argument("--invariants", default="auto", metavar="NAMES",
+                        help="comma-separated invariant names, or 'auto' (finite, action_bounds, "
+                        "plus sim_health on MuJoCo envs and pendulum_energy on Pendulum-v1); "
+                        f"known: {', '.join(INVARIANT_NAMES)}")
+    parser.add_argument("--timesteps", type=_positive_int, default=10_000, metavar="N")
+    parser.add_argument("--preset", default="1m", help="debug | 1m | 12m | 25m | 50m | 200m")
+    parser.add_argument("--logdir", default="runs/", help="TensorBoard log folder")
+    parser.add_argument("--n-envs", type=_positive_int, default=1, metavar="K")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-ratio", type=float, default=None,
+                        help="replayed steps per env step (default: the preset's)")
+    parser.add_argument("--learning-starts", type=int, default=1024, metavar="N")
+    parser.add_argument("--save", default=None, metavar="PATH",
+                        help="checkpoint path (default: <run folder>/model.zip)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from physlink_gym import _commands
+
+    return _commands.train(args)
+
+
+def _add_evaluate_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a saved DreamerV3 checkpoint on an env",
+        description="Run N deterministic episodes of a checkpoint and print the mean return.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT")
+    parser.add_argument("--env", required=True, metavar="ENV_ID")
+    parser.add_argument("--episodes", type=_positive_int, default=10, metavar="N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stochastic", action="store_true", help="sample actions")
+    parser.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from physlink_gym import _commands
+
+    return _commands.evaluate(args)
+
+
+def _add_report_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="print a compliance report and write its plot",
+        description="Print the compliance summary of a run folder (its compliance.json) or of a "
+        "report JSON file, and write compliance.png beside it.",
+    )
+    parser.add_argument("source", metavar="RUN_DIR_OR_JSON")
+    parser.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from physlink_gym import _commands
+
+    return _commands.report(args)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # To add a command: write _add_<name>_parser and _cmd_<name> above, then list the adder here.
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_doctor_parser,)
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_train_parser, _add_evaluate_parser, _add_report_parser, _add_doctor_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

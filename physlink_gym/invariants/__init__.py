@@ -1,4 +1,11 @@
-"""Invariants: the type, the transition record and the built-in checks."""
+"""Invariants: the type, the transition record and the built-in checks.
+
+The MuJoCo checks (``joint_limits``, ``sim_health``, ``kinematic_consistency``,
+``mujoco_energy``, ``momentum``) load lazily, so this package imports without the ``mujoco``
+extra installed.
+"""
+
+from typing import Any
 
 from physlink_gym.invariants.builtin import (
     PENDULUM_TOLERANCE,
@@ -22,6 +29,8 @@ from physlink_gym.invariants.core import (
     to_residual,
 )
 
+_MUJOCO = ("joint_limits", "kinematic_consistency", "momentum", "mujoco_energy", "sim_health")
+
 __all__ = [
     "PENDULUM_TOLERANCE",
     "Invariant",
@@ -34,10 +43,23 @@ __all__ = [
     "energy_balance",
     "energy_balance_residual",
     "finite",
+    "joint_limits",
+    "kinematic_consistency",
+    "momentum",
+    "mujoco_energy",
     "obs_bounds",
     "pendulum_energy",
     "pendulum_energy_bound",
     "pendulum_energy_residual",
     "register_invariant",
+    "sim_health",
     "to_residual",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MUJOCO:
+        from physlink_gym.invariants import mujoco as _mujoco_module
+
+        return getattr(_mujoco_module, name)
+    raise AttributeError(f"module 'physlink_gym.invariants' has no attribute {name!r}")

@@ -1,0 +1,157 @@
+"""Bodies of the ``physlink-gym train | evaluate | report`` commands (imported lazily by the CLI).
+
+Everything a user can get wrong (env id, missing extra, invariant name, paths) becomes a
+:class:`~physlink_gym.errors.PhysLinkError`, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from physlink_gym.errors import ConfigurationError, ValidationError
+
+__all__ = ["evaluate", "make_env_fn", "report", "resolve_invariants", "train"]
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a ConfigurationError for an unknown id or a missing optional dependency."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as exc:
+        raise ConfigurationError(
+            got=f"--env {env_id!r} ({exc})",
+            expected="a registered Gymnasium env id such as Pendulum-v1 or HalfCheetah-v5",
+            fix="check the spelling; `python -c \"import gymnasium; gymnasium.pprint_registry()\"` "
+            "lists them",
+        ) from None
+    try:
+        gym.make(env_id).close()
+    except gym.error.DependencyNotInstalled as exc:
+        raise ConfigurationError(
+            got=f"--env {env_id!r}, whose dependencies are missing ({exc})",
+            expected="the simulator the env needs",
+            fix='pip install "physlink-gym[mujoco]" for MuJoCo envs',
+        ) from None
+
+
+def _is_mujoco(env_id: str) -> bool:
+    entry = str(gym.spec(env_id).entry_point)
+    return "mujoco" in entry
+
+
+def resolve_invariants(spec: str, env_id: str) -> list[Any]:
+    """Turn ``"finite,action_bounds"`` (or ``"auto"``) into invariant objects."""
+    from physlink_gym import invariants
+    from physlink_gym.cli import INVARIANT_NAMES
+
+    if spec.strip() == "auto":
+        names = ["finite", "action_bounds"]
+        if _is_mujoco(env_id):
+            names.append("sim_health")
+        if env_id.startswith("Pendulum-"):
+            names.append("pendulum_energy")
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in INVARIANT_NAMES or not hasattr(invariants, n)]
+    if unknown:
+        raise ConfigurationError(
+            got=f"--invariants with unknown name(s) {', '.join(unknown)}",
+            expected=f"names from: {', '.join(INVARIANT_NAMES)}",
+            fix="pass e.g. --invariants finite,action_bounds",
+        )
+    return [getattr(invariants, n)() for n in names]
+
+
+def make_env_fn(env_id: str, invariant_spec: str) -> Any:
+    """A picklable env factory: ``gym.make(env_id)`` wrapped in :class:`InvariantWrapper`."""
+    from physlink_gym.wrappers import InvariantWrapper
+
+    def make() -> gym.Env[Any, Any]:
+        return InvariantWrapper(gym.make(env_id), resolve_invariants(invariant_spec, env_id))
+
+    return make
+
+
+def train(args: argparse.Namespace) -> int:
+    """``physlink-gym train``: see ``physlink-gym train --help``."""
+    check_env_id(args.env)
+    resolve_invariants(args.invariants, args.env)  # fail fast, before any worker starts
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
+    from physlink_gym.report import ComplianceReport
+
+    venv = make_vec_env(make_env_fn(args.env, args.invariants), n_envs=args.n_envs,
+                        seed=args.seed)
+    model = DreamerV3(
+        "MlpPolicy", venv, preset=args.preset, tensorboard_log=args.logdir, verbose=1,
+        seed=args.seed, device=args.device, train_ratio=args.train_ratio,
+        learning_starts=args.learning_starts,
+    )
+    model.learn(args.timesteps, progress_bar=not args.no_progress)
+    run_dir = Path(model.logger.get_dir() or args.logdir)
+    save_path = Path(args.save) if args.save else run_dir / "model.zip"
+    model.save(save_path)
+    report_ = ComplianceReport.merge(venv.env_method("compliance_report"))
+    report_.export(run_dir / "compliance.json")
+    report_.plot(run_dir / "compliance.png")
+    print(f"checkpoint: {save_path if save_path.suffix else save_path.with_suffix('.zip')}")
+    print(f"TensorBoard: tensorboard --logdir {args.logdir}   (run folder {run_dir})")
+    print("compliance:")
+    print(report_.summary())
+    venv.close()
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``physlink-gym evaluate``: mean return of a checkpoint over N episodes."""
+    check_env_id(args.env)
+    if not Path(args.checkpoint).exists() and not Path(args.checkpoint + ".zip").exists():
+        raise ValidationError(
+            got=f"checkpoint {args.checkpoint!r}, which does not exist",
+            expected="a file written by DreamerV3.save() or physlink-gym train",
+            fix="pass the path printed by physlink-gym train",
+        )
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
+
+    venv = make_vec_env(args.env, n_envs=1, seed=args.seed)
+    model = DreamerV3.load(args.checkpoint, env=venv)
+    mean, std = evaluate_policy(model, venv, n_eval_episodes=args.episodes,
+                                deterministic=not args.stochastic)
+    print(f"{args.env}: mean return {mean:.2f} ± {std:.2f} over {args.episodes} episodes")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """``physlink-gym report``: print a compliance summary and write its plot."""
+    from physlink_gym.report import ComplianceReport
+
+    source = Path(args.source)
+    path = source / "compliance.json" if source.is_dir() else source
+    if not path.is_file():
+        raise ValidationError(
+            got=f"{args.source!r}, where no compliance report was found",
+            expected="a run folder holding compliance.json, or a report JSON file",
+            fix="pass the run folder printed by physlink-gym train",
+        )
+    try:
+        report_ = ComplianceReport.from_json(path)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValidationError(
+            got=f"{path} ({type(exc).__name__}: {exc})",
+            expected="a JSON file written by ComplianceReport.export()",
+            fix="re-export the report",
+        ) from None
+    plot_path = path.with_suffix(".png")
+    report_.plot(plot_path)
+    print(report_.summary())
+    print(f"plot: {plot_path}")
+    return 0
