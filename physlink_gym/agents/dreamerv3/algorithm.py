@@ -3,11 +3,17 @@
 One training step, top to bottom (:meth:`DreamerV3.learn`):
 
 1. act with the recurrent policy on the raw observation (``policy.act``),
-2. step the VecEnv, call the SB3 callbacks, count ``num_timesteps``,
+2. step the VecEnv, count ``num_timesteps``,
 3. store the entries in the sequence replay (raw observations when VecNormalize is used; a
    transition flagged by :class:`~physlink_gym.InvariantWrapper` is stored as invalid),
 4. owe ``train_ratio / (batch_size * sequence_length)`` updates per env step and pay them with
-   ``learner.train_step`` on ``(batch_size, sequence_length)`` replay windows.
+   ``learner.train_step`` on ``(batch_size, sequence_length)`` replay windows,
+5. call the SB3 callbacks (``update_locals``, ``on_step``).
+
+Deviation from SB3's off-policy loop, on purpose: the callbacks run *after* the step is stored
+and trained on, so a model saved by a callback (``CheckpointCallback``) is a consistent "after
+step ``num_timesteps``" state and resuming from it is exact (see :mod:`.persistence`). A callback
+returning False stops training after that step.
 
 This subclasses SB3's ``BaseAlgorithm`` rather than ``OffPolicyAlgorithm``: the latter's buffers and
 action sampling are per-transition and would drop the recurrent state.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -28,12 +34,15 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import safe_mean
 
-from physlink_gym.agents.dreamerv3 import persistence
+from physlink_gym.agents.dreamerv3 import offline, persistence
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config, make_config
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
 from physlink_gym.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from physlink_gym.data.trajectories import Trajectories
 
 __all__ = ["DreamerV3"]
 
@@ -166,9 +175,20 @@ class DreamerV3(BaseAlgorithm):
     ) -> tuple[np.ndarray, RecurrentState]:
         """Action for ``observation`` and the next recurrent state ``(h, z, prev_action)``.
 
-        ``episode_start[i] = True`` resets row ``i`` exactly like ``state=None``. Observations
-        are raw env observations, as the world model was trained on them.
+        ``episode_start[i] = True`` resets row ``i`` exactly like ``state=None``.
+
+        Observations are what the model's env returns, as everywhere in SB3: the world model
+        learns on raw observations, so when the model's env is a ``VecNormalize`` the
+        observation is first un-normalised with its statistics. This is what makes
+        ``EvalCallback`` and ``evaluate_policy`` right with a ``VecNormalize`` eval env (whose
+        statistics ``EvalCallback`` syncs from the training env). A model without a
+        ``VecNormalize`` env (e.g. loaded without an env) takes raw observations.
         """
+        vec_normalize = self._vec_normalize_env
+        if vec_normalize is not None and vec_normalize.norm_obs and not isinstance(
+            observation, tuple
+        ):
+            observation = vec_normalize.unnormalize_obs(np.asarray(observation, np.float32))
         return self.policy.predict(observation, state, episode_start, deterministic)
 
     # -- training loop --------------------------------------------------------------------------
@@ -195,23 +215,31 @@ class DreamerV3(BaseAlgorithm):
             The trained model (``self``).
         """
         _check_int("total_timesteps", total_timesteps, minimum=0)
+        env_resets = reset_num_timesteps or self._last_obs is None  # _setup_learn resets then
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
+        if env_resets:  # the env was reset: the replay stream and recurrent state start anew
+            self._policy_state = None
+            self._entries = None
         callback.on_training_start(locals(), globals())
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
-            if not self._collect_step(callback, log_interval):
+            if not self._collect_step(callback, log_interval, total_timesteps):
                 break
-            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-            self.train(self._updates_due())
         callback.on_training_end()
         return self
 
     def _ensure_stream(self) -> None:
+        """Open the replay stream: anew (first entry, zero state) or continuing a resumed one."""
         assert self.env is not None and self.replay_buffer is not None
-        if self._entries is None or self._policy_state is None:
+        if self._entries is not None and self._entries.replay is not self.replay_buffer:
+            self._entries = None  # the replay buffer was replaced (load_replay_buffer)
+        if self._entries is None:
             self._entries = EntryWriter(self.replay_buffer, self._vec_normalize_env)
+            if self._policy_state is not None:  # restored by load(): the stream continues
+                return
+        if self._policy_state is None:
             self._policy_state = self.policy.initial_state(self.n_envs)
             assert self._last_episode_starts is not None
             self._last_episode_starts[:] = True
@@ -222,8 +250,8 @@ class DreamerV3(BaseAlgorithm):
             return np.asarray(self._last_original_obs)
         return np.asarray(self._last_obs)
 
-    def _collect_step(self, callback: BaseCallback, log_interval: int) -> bool:
-        """One vector-env step: act, step, callbacks, store. Returns False to stop training."""
+    def _collect_step(self, callback: BaseCallback, log_interval: int, total: int) -> bool:
+        """One vector-env step: act, step, store, train, callbacks. False stops training."""
         assert self.env is not None and self._last_episode_starts is not None
         self._ensure_stream()
         assert self._entries is not None and self._policy_state is not None
@@ -235,10 +263,6 @@ class DreamerV3(BaseAlgorithm):
         actions = self.policy.to_env_action(buffer_actions)
         new_obs, rewards, dones, infos = self.env.step(actions)
         self.num_timesteps += self.env.num_envs
-        callback.update_locals(locals())
-        if not callback.on_step():
-            callback.on_rollout_end()
-            return False
         self._update_info_buffer(infos, dones)
         self.invariant_stats.update(infos)
         self._entries.add_step(buffer_actions, rewards, dones, infos, new_obs)
@@ -251,8 +275,12 @@ class DreamerV3(BaseAlgorithm):
             self._episode_num += 1
             if log_interval is not None and self._episode_num % log_interval == 0:
                 self.dump_logs()
+        self._update_current_progress_remaining(self.num_timesteps, total)
+        self.train(self._updates_due())
+        callback.update_locals(locals())
+        keep_going = callback.on_step()
         callback.on_rollout_end()
-        return True
+        return bool(keep_going)
 
     def _updates_due(self) -> int:
         """Updates owed so that replayed steps / env steps stays at ``train_ratio``."""
@@ -269,19 +297,23 @@ class DreamerV3(BaseAlgorithm):
         self._update_credit -= due
         return due
 
-    def train(self, gradient_steps: int) -> None:
+    def train(
+        self, gradient_steps: int, batch_size: int | None = None,
+        sequence_length: int | None = None,
+    ) -> None:
         """Run ``gradient_steps`` updates on replay windows and record their metrics."""
         if gradient_steps <= 0:
             return
         assert self.replay_buffer is not None
-        config = self.config
+        batch = batch_size or self.config.batch_size
+        length = sequence_length or self.config.batch_length
         self.policy.learner.train()
         self._update_learning_rate(self.policy.optimizer)
         start = time.perf_counter()
         for _ in range(gradient_steps):
-            batch_np = self.replay_buffer.sample(config.batch_size, config.batch_length)
-            batch = {k: torch.as_tensor(v, device=self.device) for k, v in batch_np.items()}
-            metrics = self.policy.learner.train_step(batch)
+            batch_np = self.replay_buffer.sample(batch, length)
+            tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch_np.items()}
+            metrics = self.policy.learner.train_step(tensors)
             for key, value in metrics.items():
                 self.logger.record_mean(_train_tag(key), value)
         elapsed = time.perf_counter() - start
@@ -345,7 +377,65 @@ class DreamerV3(BaseAlgorithm):
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Load a replay buffer written by :meth:`save_replay_buffer`."""
         del truncate_last_traj  # the sequence replay keeps whole streams
-        self.replay_buffer = SequenceReplay.load(path)
+        replay = SequenceReplay.load(path)
+        if self.replay_buffer is not None and (replay.obs_dim, replay.action_dim) != (
+            self.replay_buffer.obs_dim, self.replay_buffer.action_dim
+        ):
+            raise ConfigurationError(
+                got=f"a replay buffer with obs_dim={replay.obs_dim}, "
+                f"action_dim={replay.action_dim}",
+                expected=f"obs_dim={self.replay_buffer.obs_dim}, "
+                f"action_dim={self.replay_buffer.action_dim} (this model's spaces)",
+                fix="load the replay buffer saved together with this model",
+            )
+        self.replay_buffer = replay
+        self._entries = None
+
+    # -- training on collected data -------------------------------------------------------------
+    def fit(
+        self: SelfDreamerV3,
+        trajectories: Trajectories,
+        gradient_steps: int,
+        batch_size: int | None = None,
+        sequence_length: int | None = None,
+        progress_bar: bool = False,
+        tb_log_name: str = "DreamerV3_fit",
+        log_interval: int = 100,
+    ) -> SelfDreamerV3:
+        """Train the world model and the behaviour in imagination on collected trajectories.
+
+        The trajectories are loaded into the replay (discrete indices become one-hot,
+        continuous env actions are rescaled to [-1, 1]; flagged entries stay invalid and never
+        reach a loss), then ``gradient_steps`` updates run on replay windows, logged to
+        TensorBoard under ``tb_log_name``. :meth:`learn` can continue online afterwards.
+
+        Args:
+            trajectories: A :class:`~physlink_gym.data.Trajectories` of this env's spaces.
+            gradient_steps: Number of updates.
+            batch_size: Sequences per update; ``None`` keeps the config's.
+            sequence_length: Steps per sequence; ``None`` keeps the config's.
+            progress_bar: Show a tqdm progress bar over the updates.
+            tb_log_name: TensorBoard run folder name.
+            log_interval: Dump the ``train/`` logs every this many updates.
+
+        Returns:
+            ``self``.
+        """
+        offline.fit(
+            self, trajectories, gradient_steps, batch_size=batch_size,
+            sequence_length=sequence_length, progress_bar=progress_bar,
+            tb_log_name=tb_log_name, log_interval=log_interval,
+        )
+        return self
+
+    def world_model_loss(
+        self, trajectories: Trajectories, sequence_length: int | None = None, seed: int = 0
+    ) -> dict[str, float]:
+        """World-model losses on ``trajectories`` without training (e.g. held-out data).
+
+        See :func:`~physlink_gym.agents.dreamerv3.offline.world_model_loss`.
+        """
+        return offline.world_model_loss(self, trajectories, sequence_length, seed)
 
 
 def _train_tag(key: str) -> str:

@@ -4,6 +4,17 @@ A checkpoint holds the policy's weights and the optimiser state as tensors, and 
 class name, the config, the spaces and every JSON-serialisable attribute of the model (SB3 saves
 ``__dict__`` minus exclusions with cloudpickle; we keep the same selection rules but only what JSON
 can represent, so loading never runs code from the file).
+
+Exact resume. Besides the weights and optimiser state, a checkpoint carries the *resume state*
+(tensors under ``__resume__``): the global torch and numpy RNG states and, when the model has an
+open env stream, the recurrent policy state, the last observation and the episode-start flags.
+The update credit, step and episode counters are plain attributes (JSON); the replay's sampling
+RNG travels with :meth:`~DreamerV3.save_replay_buffer`. ``load`` restores the RNG states always,
+and the stream when given the *same live env* with ``force_reset=False``: then
+``learn(M, reset_num_timesteps=False)`` after saving at step N ends with exactly the weights of
+``N + M`` uninterrupted steps (on CPU, fixed seed). The one thing a checkpoint cannot hold is
+the env's own simulator state: with a fresh env (or ``force_reset=True``) the episode restarts,
+which is the only source of difference from an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from gymnasium import spaces
 from stable_baselines3.common.utils import check_for_correct_spaces
 
 from physlink_gym.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
-from physlink_gym.errors import ConfigurationError
+from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
 
 if TYPE_CHECKING:
     from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
@@ -29,6 +40,8 @@ __all__ = ["load_model", "save_model", "set_parameters", "space_from_json", "spa
 M = TypeVar("M", bound="DreamerV3")
 
 # Never stored as data: live objects, or stored separately (spaces, tensors).
+_RESUME = "__resume__"
+
 _ALWAYS_EXCLUDED = {
     "policy", "device", "env", "replay_buffer", "rollout_buffer", "_vec_normalize_env",
     "_logger", "_custom_logger", "observation_space", "action_space", "policy_class",
@@ -74,8 +87,8 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
 
 
 def _json_data(model: DreamerV3, exclude: Any, include: Any) -> dict[str, Any]:
-    excluded = set(exclude or ()) | _ALWAYS_EXCLUDED
-    excluded -= set(include or ()) - _ALWAYS_EXCLUDED
+    # SB3's rule: ``include`` wins over ``exclude`` (never over what JSON cannot hold).
+    excluded = (set(exclude or ()) - set(include or ())) | _ALWAYS_EXCLUDED
     data: dict[str, Any] = {}
     for key, value in model.__dict__.items():
         if key in excluded:
@@ -93,9 +106,43 @@ def _suffixed(path: Any) -> pathlib.Path:
     return path if path.suffix else path.with_suffix(".zip")
 
 
+def _resume_state(model: DreamerV3) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": list(np.random.get_state()),
+    }
+    if model._policy_state is not None and model._last_obs is not None:
+        state["policy_state"] = [t.detach().cpu() for t in model._policy_state]
+        state["last_obs"] = np.asarray(model._last_obs)
+        if model._last_episode_starts is not None:
+            state["last_episode_starts"] = np.asarray(model._last_episode_starts)
+        if model._last_original_obs is not None:
+            state["last_original_obs"] = np.asarray(model._last_original_obs)
+    return state
+
+
+def _restore_resume(model: DreamerV3, state: dict[str, Any], stream: bool) -> None:
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"].to("cpu", torch.uint8))
+    if "numpy_rng" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    if not stream or "policy_state" not in state:
+        return
+    n_envs = model.n_envs
+    if state["last_obs"].shape[0] != n_envs:
+        return  # another number of envs: the stream restarts
+    model._policy_state = tuple(t.to(model.device) for t in state["policy_state"])
+    model._last_obs = state["last_obs"]
+    model._last_episode_starts = state.get("last_episode_starts", np.zeros(n_envs, bool))
+    model._last_original_obs = state.get("last_original_obs")
+    model._entries = None
+
+
 def save_model(model: DreamerV3, path: Any, exclude: Any = None, include: Any = None) -> None:
     """Write ``model`` to ``path`` atomically (see the module docstring)."""
-    tensors, skeleton = flatten_state(model.get_parameters())
+    tree = {**model.get_parameters(), _RESUME: _resume_state(model)}
+    tensors, skeleton = flatten_state(tree)
     metadata = {
         "class": type(model).__name__,
         "num_timesteps": int(model.num_timesteps),
@@ -113,7 +160,20 @@ def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if not path.exists() and not path.suffix:
         path = path.with_suffix(".zip")
     tensors, metadata = load_checkpoint(path)
-    return unflatten_state(metadata["params"], tensors), metadata
+    for key in ("class", "params", "data", "observation_space", "action_space"):
+        if key not in metadata:
+            raise CheckpointCorruptError(
+                got=f"{str(path)!r}: checkpoint metadata without {key!r}",
+                expected="a checkpoint written by DreamerV3.save()",
+                fix="use a checkpoint saved by DreamerV3.save(), or an earlier copy",
+            )
+    params = unflatten_state(metadata["params"], tensors)
+    if not isinstance(params, dict):
+        raise CheckpointCorruptError(
+            got=f"{str(path)!r}: parameters stored as {type(params).__name__}",
+            expected="a dict of parameter groups", fix="use an earlier checkpoint",
+        )
+    return params, metadata
 
 
 def load_model(
@@ -122,6 +182,7 @@ def load_model(
 ) -> M:
     """Rebuild a model from a checkpoint; ``custom_objects`` replace stored attributes."""
     params, metadata = _read(path)
+    resume = params.pop(_RESUME, {})
     if metadata.get("class") != cls.__name__:
         raise ConfigurationError(
             got=f"a checkpoint of {metadata.get('class')!r}",
@@ -151,14 +212,18 @@ def load_model(
     model.action_space = act_space
     model._setup_model()
     set_parameters(model, params, exact_match=True)
-    if env is None or force_reset:
-        model._last_obs = None
+    model._last_obs = None
+    _restore_resume(model, resume, stream=env is not None and not force_reset)
     return model
 
 
 def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> None:
     """Load ``{"policy": state_dict, "policy.optimizer": state_dict}`` or a checkpoint path."""
-    params = source if isinstance(source, dict) else _read(source)[0]
+    if isinstance(source, dict):
+        params = source
+    else:
+        params = _read(source)[0]
+        params.pop(_RESUME, None)
     expected = set(model._get_torch_save_params()[0])
     unknown = set(params) - expected
     if unknown:
