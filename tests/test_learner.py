@@ -214,6 +214,9 @@ def test_metrics_are_finite_floats(discrete: bool) -> None:
     assert expected <= set(metrics)
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert metrics["return_norm/scale"] >= 1.0 and metrics["lr"] == 0.0  # warm-up starts at 0
+    # Free bits: mean(max(KL, 1)) >= max(1, mean(KL)); the raw KL metric is the unclipped mean.
+    assert metrics["loss/dyn"] >= max(1.0, metrics["model/kl"]) - 1e-5
+    assert metrics["loss/dyn"] == pytest.approx(metrics["loss/rep"], rel=1e-5)
     # Slow critic: one EMA step (rate 0.02) towards the updated critic.
     for old, slow, fast in zip(
         before, learner.slow_critic.parameters(), learner.critic.parameters(), strict=True

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from physlink_gym.agents.dreamerv3 import rssm as rssm_module
 from physlink_gym.agents.dreamerv3.config import make_config
-from physlink_gym.agents.dreamerv3.distributions import symlog, twohot_bins, twohot_mean
+from physlink_gym.agents.dreamerv3.distributions import (
+    symlog,
+    twohot_bins,
+    twohot_mean,
+    unimix_logits,
+)
 from physlink_gym.agents.dreamerv3.networks import (
     Actor,
     BlockLinear,
@@ -201,9 +207,10 @@ def test_rssm_shapes_and_imagine() -> None:
     assert posts.logits.exp().min() >= 0.01 / CFG.classes * 0.999
     start = (posts.deter[:, -1], posts.stoch[:, -1])
     feats, actions = rssm.imagine(start, lambda f: torch.tanh(f[:, :2]), horizon=4)
-    assert feats.shape == (b, 5, CFG.feat_dim) and actions.shape == (b, 4, 2)
-    torch.testing.assert_close(feats[:, 0], torch.cat(start, -1))
-    torch.testing.assert_close(actions[:, 0], torch.tanh(feats[:, 0, :2]))
+    assert feats.shape == (5, b, CFG.feat_dim) and actions.shape == (4, b, 2)  # time-major
+    torch.testing.assert_close(feats[0], torch.cat(start, -1))
+    torch.testing.assert_close(actions[0], torch.tanh(feats[0, :, :2]))
+    torch.testing.assert_close(actions[3], torch.tanh(feats[3, :, :2]))
 
 
 def test_is_first_resets_state_and_previous_action() -> None:
@@ -231,3 +238,49 @@ def test_is_first_resets_state_and_previous_action() -> None:
     # Without the reset the state matters (the test can fail).
     h_c, _, _ = rssm.obs_step(state, action[:, 0], embed[:, 0], torch.zeros(b, dtype=torch.bool))
     assert not torch.allclose(h_c, h_b)
+
+
+def test_fast_latent_unimix_matches_reference_formula() -> None:
+    torch.manual_seed(0)
+    rssm = RSSM(CFG, embed_dim=16, action_dim=2)  # classes = 4: the elementwise path
+    raw = torch.randn(5, CFG.stoch_dim) * 5
+    expected = unimix_logits(raw.reshape(5, CFG.stoch, CFG.classes), 0.01)
+    torch.testing.assert_close(rssm._logp(raw), expected)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(fn: object, **kwargs: object) -> object:
+        def fail(*args: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(rssm_module.torch, "compile", broken_compile)
+    monkeypatch.setattr(rssm_module, "_COMPILED", {})
+    torch.manual_seed(0)
+    rssm = RSSM(make_config("debug", compile=True), embed_dim=16, action_dim=2)
+    first = torch.zeros(2, 3, dtype=torch.bool)
+    args = (torch.randn(2, 3, 16), torch.randn(2, 3, 2), first, rssm.initial(2))
+    torch.manual_seed(1)
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        fallback, _ = rssm.observe(*args)
+    rssm.compiled = False
+    torch.manual_seed(1)
+    eager, _ = rssm.observe(*args)
+    torch.testing.assert_close(fallback.deter, eager.deter)
+    torch.testing.assert_close(fallback.stoch, eager.stoch)
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager() -> None:
+    torch.manual_seed(0)
+    rssm = RSSM(make_config("debug", compile=True), embed_dim=16, action_dim=2)
+    first = torch.zeros(2, 5, dtype=torch.bool)
+    args = (torch.randn(2, 5, 16), torch.randn(2, 5, 2), first, rssm.initial(2))
+    torch.manual_seed(1)
+    compiled, _ = rssm.observe(*args)
+    rssm.compiled = False
+    torch.manual_seed(1)
+    eager, _ = rssm.observe(*args)
+    torch.testing.assert_close(compiled.deter, eager.deter, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-4, atol=1e-5)

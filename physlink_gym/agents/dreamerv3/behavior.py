@@ -48,17 +48,33 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-@torch.no_grad()
-def _rollout(m: DreamerV3Learner, post: Posterior) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Imagine from every posterior state; return feats, actions, rewards and continues."""
+def _rollout(m: DreamerV3Learner, post: Posterior) -> tuple[Tensor, ...]:
+    """Imagine from every posterior state (no gradient into the model or the start).
+
+    The actor's outputs keep their graph (the loss needs ``log pi`` of the sampled actions
+    with gradient, and re-running the actor on the same ``sg`` states would give the same
+    numbers); everything else runs under ``no_grad``. All outputs are time-major.
+
+    Returns:
+        ``feats [H+1, N, F]``, ``actions [H, N, A]``, actor outputs ``raw [H, N, .]`` (with
+        grad), ``reward [H+1, N]`` (entry 0 unused, set to 0) and continue probabilities
+        ``cont [H+1, N]``.
+    """
     cfg = m.config
-    start = (post.deter.flatten(0, 1), post.stoch.flatten(0, 1))  # [N, D], [N, S]; N = B*T
-    feats, actions = m.rssm.imagine(
-        start, lambda f: m.actor.sample(m.actor(f)), cfg.imag_horizon
-    )  # [N, H+1, F], [N, H, A]
-    reward = twohot_mean(m.reward_head(feats), m.bins)  # [N, H+1]
-    cont = torch.sigmoid(m.cont_head(feats).squeeze(-1))  # reference `con.prob(1)`
-    return feats, actions, reward, cont
+    raws: list[Tensor] = []
+
+    def policy(feat: Tensor) -> Tensor:
+        with torch.enable_grad():
+            raws.append(m.actor(feat))
+        return m.actor.sample(raws[-1])  # detached
+
+    with torch.no_grad():
+        start = (post.deter.flatten(0, 1), post.stoch.flatten(0, 1))  # [N, D], [N, S]; N = B*T
+        feats, actions = m.rssm.imagine(start, policy, cfg.imag_horizon)
+        reward = twohot_mean(m.reward_head(feats[1:]), m.bins)  # reward[0] is never used
+        reward = torch.cat([torch.zeros_like(reward[:1]), reward])
+        cont = torch.sigmoid(m.cont_head(feats).squeeze(-1))  # reference `con.prob(1)`
+    return feats, actions, torch.stack(raws), reward, cont
 
 
 def imagination_losses(
@@ -72,36 +88,33 @@ def imagination_losses(
         valid: [B, T] float mask of the starts.
 
     Returns:
-        ``({"policy", "value"}, metrics, ret [N, H])``: scalar losses (means over valid starts
-        and the horizon), metrics, and the detached lambda returns.
+        ``({"policy", "value"}, metrics, ret [H, N])``: scalar losses (means over valid starts
+        and the horizon), metrics, and the detached lambda returns (time-major; N = B*T).
     """
     cfg = m.config
-    feats, actions, reward, cont = _rollout(m, post)
-    start_w = valid.reshape(-1, 1)  # [N, 1]
-    value_logits = m.critic(feats)  # [N, H+1, K]; the only forward with grad into the critic
+    feats, actions, raw, reward, cont = _rollout(m, post)  # time-major [H(+1), N, ...]
+    start_w = valid.reshape(1, -1)  # [1, N]
+    value_logits = m.critic(feats[:-1])  # [H, N, K]: the critic's only forward with grad
     with torch.no_grad():
-        value = twohot_mean(value_logits, m.bins)
-        slow = twohot_mean(m.slow_critic(feats), m.bins)
+        value = twohot_mean(torch.cat([value_logits, m.critic(feats[-1:])]), m.bins)
+        slow = twohot_mean(m.slow_critic(feats), m.bins)  # [H+1, N]
         tarval = slow if cfg.slow_target else value
         # contdisc: the continue head already holds the discount (reference `imag_loss`).
         disc = 1.0 if cfg.contdisc else cfg.discount
-        ret = lambda_return(reward, cont, tarval, disc, cfg.lam)  # [N, H]
-        weight = torch.cumprod(disc * cont, 1) / disc * start_w  # [N, H+1]
-        chosen = ret[valid.reshape(-1) > 0]
+        ret = lambda_return(reward.t(), cont.t(), tarval.t(), disc, cfg.lam).t()  # [H, N]
+        weight = torch.cumprod(disc * cont, 0) / disc * start_w  # [H+1, N]
+        chosen = ret[:, valid.reshape(-1) > 0]
         if chosen.numel():
             m.retnorm.update(chosen)
         scale = m.retnorm.scale()
-        adv = (ret - tarval[:, :-1]) / scale
-    raw = m.actor(feats[:, :-1])
-    logp, ent = m.actor.log_prob_entropy(raw, actions)
+        adv = (ret - tarval[:-1]) / scale
+    logp, ent = m.actor.log_prob_entropy(raw, actions)  # [H, N]
     # reinforce_actor_loss averages over all N*H entries; rescale to a mean over valid starts.
     n_valid = valid.sum().clamp(min=1.0)
-    policy = reinforce_actor_loss(logp, ent, adv, weight[:, :-1], cfg.actent)
+    policy = reinforce_actor_loss(logp, ent, adv, weight[:-1], cfg.actent)
     policy = policy * (valid.numel() / n_valid)
-    critic = value_loss(
-        value_logits[:, :-1], ret, slow[:, :-1], m.bins, weight[:, :-1], cfg.slowreg
-    )
-    losses = {"policy": policy, "value": critic.mean(1).mul(start_w[:, 0]).sum() / n_valid}
+    critic = value_loss(value_logits, ret, slow[:-1], m.bins, weight[:-1], cfg.slowreg)
+    losses = {"policy": policy, "value": critic.sum() / (n_valid * critic.shape[0])}
     ent = ent.detach()
     metrics = {
         "entropy": masked_mean(ent, start_w),
@@ -111,7 +124,7 @@ def imagination_losses(
         "imag/return_mean": masked_mean(ret, start_w),
         "imag/value_mean": masked_mean(value, start_w),
         "imag/slow_value_mean": masked_mean(slow, start_w),
-        "imag/reward_mean": masked_mean(reward, start_w),
+        "imag/reward_mean": masked_mean(reward[1:], start_w),
         "imag/cont_mean": masked_mean(cont, start_w),
         "imag/weight_mean": masked_mean(weight, start_w),
         "imag/adv_mean": masked_mean(adv, start_w),

@@ -44,12 +44,7 @@ from physlink_gym.agents.dreamerv3.behavior import (
     replay_value_loss,
 )
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
-from physlink_gym.agents.dreamerv3.distributions import (
-    categorical_entropy,
-    categorical_kl,
-    twohot_bins,
-    twohot_loss,
-)
+from physlink_gym.agents.dreamerv3.distributions import twohot_bins, twohot_loss
 from physlink_gym.agents.dreamerv3.losses import bernoulli_nll, kl_dyn_rep, symlog_mse
 from physlink_gym.agents.dreamerv3.networks import Actor, Decoder, Encoder, MLPHead
 from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer, ema_update
@@ -214,7 +209,7 @@ class DreamerV3Learner(nn.Module):
         losses.update(beh_losses)
         metrics.update(beh_metrics)
         if self.config.repval_loss:
-            boot = ret[:, 0].reshape(data["valid"].shape)
+            boot = ret[0].reshape(data["valid"].shape)  # imagined return of each start
             losses["repval"], metrics["replay/return_mean"] = replay_value_loss(
                 self, feat, data, boot
             )
@@ -242,11 +237,12 @@ class DreamerV3Learner(nn.Module):
             "con": bernoulli_nll(self.cont_head(feat).squeeze(-1), con_target),
         }
         losses = {k: masked_mean(v, valid) for k, v in per_step.items()}
-        with torch.no_grad():
+        with torch.no_grad():  # logits are normalised log-probs: no log_softmax needed here
+            post_p = post.logits.exp()
             metrics = {
-                "model/kl": masked_mean(categorical_kl(post.logits, prior), valid),
-                "model/post_entropy": masked_mean(categorical_entropy(post.logits).sum(-1), valid),
-                "model/prior_entropy": masked_mean(categorical_entropy(prior).sum(-1), valid),
+                "model/kl": masked_mean((post_p * (post.logits - prior)).sum((-2, -1)), valid),
+                "model/post_entropy": masked_mean(-(post_p * post.logits).sum((-2, -1)), valid),
+                "model/prior_entropy": masked_mean(-(prior.exp() * prior).sum((-2, -1)), valid),
                 "model/valid_frac": valid.mean(),
             }
         return losses, metrics, post, feat

@@ -19,8 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,17 +84,22 @@ class BlockGRU(nn.Module):
         """One step: ``h`` [N, D], ``z`` [N, S], embedded action [N, hidden] -> ``h'`` [N, D]."""
         n, d = deter.shape
         g = self.blocks
+        dg = d // g
         x = torch.cat([self.in_deter(deter), self.in_stoch(stoch), action_embed], -1)
-        rec = torch.bmm(deter.reshape(n, g, d // g).transpose(0, 1), self.hid_rec)
-        y = self.hid_in(x) + rec.transpose(0, 1).reshape(n, d)
-        y = F.silu(self.hid_norm(y))
+        deter_g = deter.view(n, g, dg).transpose(0, 1)  # [g, N, D/g] view, group-major
+        y = self.hid_in(x).view(n, g, dg) + torch.bmm(deter_g, self.hid_rec).transpose(0, 1)
+        y = F.silu(self.hid_norm(y.reshape(n, d)))
         for layer in self.hid_more:
             y = layer(y)
-        gates = self.gates(y).reshape(n, g, 3, d // g)
-        reset = torch.sigmoid(gates[:, :, 0].reshape(n, d))
-        cand = torch.tanh(reset * gates[:, :, 1].reshape(n, d))
-        update = torch.sigmoid(gates[:, :, 2].reshape(n, d) - 1.0)
-        return update * cand + (1.0 - update) * deter
+        # Gates per group, computed and combined group-major to avoid layout copies.
+        w = self.gates.weight  # [g, D/g, 3 D/g]
+        bias = self.gates.bias.view(g, 1, 3 * dg)
+        gates = torch.baddbmm(bias, y.view(n, g, dg).transpose(0, 1), w)  # [g, N, 3 D/g]
+        reset, cand, update = gates.chunk(3, -1)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1.0)
+        new = update * cand + (1.0 - update) * deter_g  # [g, N, D/g]
+        return new.transpose(0, 1).reshape(n, d)
 
 
 class Posterior(NamedTuple):
@@ -107,21 +113,23 @@ class Posterior(NamedTuple):
 def sample_latent(logp: Tensor, noise: Tensor | None = None) -> Tensor:
     """Straight-through one-hot sample of [..., L, C] log-probabilities, flattened to [..., L*C].
 
-    Uses the exponential race ``argmax(p / e)``, ``e ~ Exp(1)``, which samples the categorical
-    exactly and lets the caller draw all noise of a sequence at once. The forward value is
-    one-hot; the gradient is that of the probabilities (reference ``OneHot._onehot_with_grad``).
+    Samples by inverting the CDF with one uniform number per latent (``index = #(cdf < u)``),
+    which is exact and lets the caller draw the noise of a whole sequence at once. The forward
+    value is one-hot; the gradient is that of the probabilities (reference
+    ``OneHot._onehot_with_grad``).
 
     Args:
         logp: Normalised log-probabilities [..., L, C] (after unimix).
-        noise: Optional Exp(1) noise of the same shape.
+        noise: Optional uniform [0, 1) noise of shape [..., L, 1].
 
     Returns:
         Tensor [..., L*C].
     """
     probs = logp.exp()
     if noise is None:
-        noise = torch.empty_like(probs).exponential_()
-    index = (probs.detach() / noise).argmax(-1, keepdim=True)
+        noise = torch.rand(*probs.shape[:-1], 1, device=probs.device)
+    cdf = probs.detach().cumsum(-1)
+    index = (cdf < noise).sum(-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)
     onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
     return (onehot + (probs - probs.detach())).flatten(-2)
 
@@ -143,6 +151,7 @@ class RSSM(nn.Module):
         d, h, eps, out = cfg.deter, cfg.hidden, cfg.norm_eps, cfg.stoch_dim
         self.deter, self.stoch_dim = d, out
         self.latents, self.classes, self.unimix = cfg.stoch, cfg.classes, cfg.unimix
+        self.compiled = cfg.compile  # torch.compile the scan steps (see `_step_fn`)
         self.core = BlockGRU(cfg, action_dim)
         # Posterior: obslayers x (Linear -> norm -> act) on concat(h, embed), then the logits.
         # The first layer is split into its h and embed parts so the embed part runs batched.
@@ -161,8 +170,15 @@ class RSSM(nn.Module):
         return p.new_zeros(batch, self.deter), p.new_zeros(batch, self.stoch_dim)
 
     def _logp(self, raw: Tensor) -> Tensor:
-        raw = raw.reshape(*raw.shape[:-1], self.latents, self.classes)
-        return unimix_logits(raw.float(), self.unimix)
+        """Unimixed log-probabilities [..., L, C] (reference ``OneHot(logits, unimix)``)."""
+        raw = raw.reshape(*raw.shape[:-1], self.latents, self.classes).float()
+        if self.classes >= 16 or not self.unimix:
+            return unimix_logits(raw, self.unimix)
+        # Same numbers as `unimix_logits`, written out: torch.softmax over a last axis of a
+        # few classes is about 3x slower on CPU than these elementwise ops (1m preset: C = 4).
+        e = (raw - raw.amax(-1, keepdim=True).detach()).exp()
+        probs = e / e.sum(-1, keepdim=True)
+        return torch.log((1.0 - self.unimix) * probs + self.unimix / self.classes)
 
     def prior(self, deter: Tensor) -> Tensor:
         """Prior log-probabilities [..., L, C] from ``h`` [..., D] (``RSSM._prior``)."""
@@ -177,15 +193,16 @@ class RSSM(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One posterior step; returns ``(h, z, logits)`` (reference ``RSSM._observe``)."""
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
-        deter, stoch = state[0] * keep, state[1] * keep
-        deter = self.core(deter, stoch, self.core.embed_action(action * keep))
-        logp = self._post(deter, self.obs_embed(embed))
-        return deter, sample_latent(logp), logp
+        act_embed = self.core.embed_action(action * keep)
+        noise = torch.rand(embed.shape[0], self.latents, 1, device=embed.device)
+        return _posterior_step(
+            self, state[0], state[1], keep, act_embed, self.obs_embed(embed), noise
+        )
 
     def img_step(self, state: tuple[Tensor, Tensor], action: Tensor) -> tuple[Tensor, Tensor]:
         """One prior step ``(h, z), a -> (h', z')`` (reference ``RSSM.imagine``, single)."""
-        deter = self.core(state[0], state[1], self.core.embed_action(action))
-        return deter, sample_latent(self.prior(deter))
+        noise = torch.rand(action.shape[0], self.latents, 1, device=action.device)
+        return _prior_step(self, state[0], state[1], action, noise)
 
     def observe(
         self, embed: Tensor, action: Tensor, is_first: Tensor, state: tuple[Tensor, Tensor]
@@ -205,14 +222,14 @@ class RSSM(nn.Module):
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)  # [B, T, 1]
         act_embed = self.core.embed_action(action * keep)  # batched over T
         embed_part = self.obs_embed(embed)  # batched over T
-        noise = torch.empty(b, t, self.latents, self.classes, device=embed.device).exponential_()
+        noise = torch.rand(b, t, self.latents, 1, device=embed.device)
+        step = _step_fn(_posterior_step, self.compiled)
         deter, stoch = state
         deters, stochs, logps = [], [], []
         for i in range(t):
-            k = keep[:, i]
-            deter = self.core(deter * k, stoch * k, act_embed[:, i])
-            logp = self._post(deter, embed_part[:, i])
-            stoch = sample_latent(logp, noise[:, i])
+            deter, stoch, logp = step(
+                self, deter, stoch, keep[:, i], act_embed[:, i], embed_part[:, i], noise[:, i]
+            )
             deters.append(deter)
             stochs.append(stoch)
             logps.append(logp)
@@ -227,21 +244,92 @@ class RSSM(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Roll the prior forward with actions from ``policy_fn(feat [N, F]) -> [N, A]``.
 
+        Outputs are time-major so that every time slice, and the slices ``[1:]`` and ``[:-1]``,
+        are contiguous (row-wise heads then run on them without copies).
+
         Args:
             start: ``(h [N, D], z [N, S])``.
             policy_fn: Maps model states to actions.
             horizon: Number of imagined steps H.
 
         Returns:
-            ``(feats [N, H+1, F], actions [N, H, A])``; ``feats[:, 0]`` is the start and
-            ``actions[:, t]`` is taken in ``feats[:, t]``.
+            ``(feats [H+1, N, F], actions [H, N, A])``; ``feats[0]`` is the start and
+            ``actions[t]`` is taken in ``feats[t]``.
         """
         deter, stoch = start
+        noise = torch.rand(horizon, deter.shape[0], self.latents, 1, device=deter.device)
+        step = _step_fn(_prior_step, self.compiled)
         feats = [torch.cat([deter, stoch], -1)]
         actions = []
-        for _ in range(horizon):
+        for t in range(horizon):
             action = policy_fn(feats[-1])
-            deter, stoch = self.img_step((deter, stoch), action)
+            deter, stoch = step(self, deter, stoch, action, noise[t])
             feats.append(torch.cat([deter, stoch], -1))
             actions.append(action)
-        return torch.stack(feats, 1), torch.stack(actions, 1)
+        return torch.stack(feats), torch.stack(actions)
+
+
+def _posterior_step(
+    rssm: RSSM,
+    deter: Tensor,
+    stoch: Tensor,
+    keep: Tensor,
+    act_embed: Tensor,
+    embed_part: Tensor,
+    noise: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reset (``keep = 0``), GRU step, posterior and its sample: one step of the scan."""
+    deter = rssm.core(deter * keep, stoch * keep, act_embed)
+    logp = rssm._post(deter, embed_part)
+    return deter, sample_latent(logp, noise), logp
+
+
+def _prior_step(
+    rssm: RSSM, deter: Tensor, stoch: Tensor, action: Tensor, noise: Tensor
+) -> tuple[Tensor, Tensor]:
+    """GRU step on an action, prior and its sample: one step of imagination."""
+    deter = rssm.core(deter, stoch, rssm.core.embed_action(action))
+    return deter, sample_latent(rssm.prior(deter), noise)
+
+
+class _Compiled:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling or running fails.
+
+    A missing or broken C++ toolchain must not stop training: the first failure warns once and
+    every later call runs eagerly (a genuine error then re-raises from the eager call).
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, dynamic=False)
+        self.failed = False
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # any compiler failure: run eagerly
+                self.failed = True
+                warnings.warn(
+                    f"torch.compile of {self.fn.__name__} failed ({type(exc).__name__}: {exc}); "
+                    "running eagerly. Set compile=False to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.fn(*args)
+
+
+_COMPILED: dict[Callable[..., Any], _Compiled] = {}
+
+
+def _step_fn(fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    """``fn`` itself, or its compiled version (built once per process, fixed shapes).
+
+    The functions take the module as an argument rather than being bound methods, so copies of
+    a module (``copy.deepcopy``) never call into the original's compiled graph.
+    """
+    if not compiled:
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = _Compiled(fn)
+    return _COMPILED[fn]
