@@ -356,7 +356,9 @@ class ComplianceCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        report = self.log_report(dump=False)
+        report = self.report
+        if report is None or self._last != self.num_timesteps:
+            report = self.log_report(dump=False)
         self._log_hparams(report)
         self.logger.dump(self.num_timesteps)
         if self.verbose and report is not None:
