@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["hparams_of", "log10_samples", "write_triptych_gif"]
+__all__ = ["draw_compliance", "hparams_of", "log10_samples", "write_triptych_gif"]
 
 _MAX_LINES = 8  # more dimensions than this are drawn as heat-map strips
 _TITLES = ("imagined (world model)", "real", "difference: imagined − real")
@@ -201,3 +201,57 @@ def log10_samples(inv: Any, limit: int = 20_000) -> np.ndarray:
         counts = np.maximum(np.round(counts * limit / counts.sum()), 1)
     centres = np.log10([np.sqrt(lo * hi) for lo, hi in map(bin_edges, keys)])
     return np.repeat(centres, counts.astype(np.int64)).astype(np.float32)
+
+
+def draw_compliance(report: Any) -> Any:
+    """One residual histogram per invariant (log axis), bars above the tolerance in red.
+
+    Invariants without a positive finite residual get a line of text instead of empty axes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from physlink_gym.report import bin_edges
+
+    invs = list(report.invariants) or [None]
+    ratios = [1.0 if inv is not None and inv.histogram else 0.3 for inv in invs]
+    fig, axes = plt.subplots(len(invs), 1, figsize=(7, 0.6 + 2.2 * sum(ratios)), squeeze=False,
+                             gridspec_kw={"height_ratios": ratios})  # fmt: skip
+    rate = report.invalid_steps / report.steps if report.steps else 0.0
+    fig.suptitle(f"Invariant residuals: {report.steps} steps in {report.env_count} env(s), "
+                 f"{rate:.1%} flagged", fontsize=11)  # fmt: skip
+    for ax, inv in zip(axes[:, 0], invs, strict=True):
+        if inv is None:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no invariants", ha="center", va="center")
+            continue
+        head = f"{inv.name} ({inv.mode}, tolerance {inv.tolerance:.3g}): {inv.status}"
+        if inv.status == "NOT_APPLICABLE":
+            ax.set_axis_off()
+            ax.set_title(head, fontsize=10, loc="left")
+            ax.text(0.02, 0.3, str(inv.not_applicable), va="center", fontsize=9)
+            continue
+        head += f", {inv.violations}/{inv.checked} violations ({inv.violation_rate:.1%})"
+        ax.set_title(head, fontsize=10, loc="left")
+        keys = sorted(inv.histogram)
+        if not keys:
+            ax.set_axis_off()
+            ax.text(0.02, 0.3, f"all residuals were 0 ({inv.zeros}) or non-finite "
+                    f"({inv.nonfinite}): no histogram", va="center", fontsize=9,
+                    color="0.3")  # fmt: skip
+            continue
+        edges = np.array([bin_edges(k) for k in keys])
+        over = edges[:, 0] >= inv.tolerance
+        ax.bar(edges[:, 0], [inv.histogram[k] for k in keys], width=edges[:, 1] - edges[:, 0],
+               align="edge", color=np.where(over, "tab:red", "tab:blue"))  # fmt: skip
+        ax.set_xscale("log")
+        if inv.tolerance > 0:
+            ax.axvline(inv.tolerance, color="k", linestyle="--", lw=1, label="tolerance")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel(f"residual (plus {inv.zeros} zeros, {inv.nonfinite} non-finite)",
+                      fontsize=9)  # fmt: skip
+        ax.set_ylabel("steps")
+    fig.tight_layout()
+    return fig

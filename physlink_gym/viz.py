@@ -260,16 +260,16 @@ def figure_to_array(fig: Any) -> np.ndarray:
 
 
 def compliance_figure(report: Any) -> Any:
-    """The compliance plot for TensorBoard: :meth:`ComplianceReport.plot` with a run summary.
+    """The compliance plot (also logged as ``compliance/plot``): a matplotlib Figure.
 
-    Adds a title line with the checked steps, the flagged share and the env count.
+    One residual histogram per invariant on a log axis, with the tolerance as a dashed line
+    and the bins above it in red; the title gives the status and violation count. Unlike
+    :meth:`ComplianceReport.plot`, invariants whose residuals were all zero get a line of
+    text instead of empty axes.
     """
-    fig = report.plot()
-    rate = report.invalid_steps / report.steps if report.steps else 0.0
-    fig.suptitle(f"{report.steps} steps checked in {report.env_count} env(s), "
-                 f"{rate:.1%} flagged", fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    return fig
+    from physlink_gym._viz_draw import draw_compliance
+
+    return draw_compliance(report)
 
 
 # ----------------------------------------------------------------------- SB3 callbacks
