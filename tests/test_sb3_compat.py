@@ -215,3 +215,17 @@ def test_predict_uses_the_recurrent_state_on_a_memory_task():
         _, state = model.predict(obs, state=state, episode_start=np.array([t == 0]),
                                  deterministic=True)  # fmt: skip
     np.testing.assert_array_equal(state[0], final["left"][0])
+
+
+def test_deterministic_predict_is_exactly_repeatable():
+    # Needs the latent's mode in learner.policy_step(deterministic=True) (no sampling at all).
+    model = make_model()
+    obs = np.array([[0.6, 0.8, -1.5], [1.0, 0.0, 0.3]], np.float32)
+    _, state = model.predict(obs, deterministic=True)
+    torch.manual_seed(1)
+    action_a, state_a = model.predict(obs, state=state, deterministic=True)
+    torch.manual_seed(2)
+    action_b, state_b = model.predict(obs, state=state, deterministic=True)
+    np.testing.assert_array_equal(action_a, action_b)
+    for x, y in zip(state_a, state_b, strict=True):
+        np.testing.assert_array_equal(x, y)
