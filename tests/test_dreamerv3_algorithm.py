@@ -74,13 +74,12 @@ def test_callback_returning_false_stops_after_that_step():
 
 def test_training_runs_updates_by_train_ratio_and_logs_finite_losses(tmp_path):
     model = make_model(train_ratio=128, tensorboard_log=str(tmp_path))
-    model.learn(96)
-    # (96 - 32) env steps after learning_starts, 128 replayed steps each, 4 x 16 per update.
-    assert model._n_updates == pytest.approx(128, abs=2)
-    logged = model.logger.name_to_value
+    model.learn(48)
+    # (48 - 32) env steps after learning_starts, 128 replayed steps each, 4 x 16 per update.
+    assert model._n_updates == pytest.approx(32, abs=2)
+    assert np.isfinite(model.logger.name_to_value["train/dyn_loss"])
     events = glob.glob(str(tmp_path / "DreamerV3_1" / "events.out.tfevents.*"))
     assert events, "TensorBoard run folder DreamerV3_1 was not written"
-    del logged
 
 
 def test_invalid_transitions_never_reach_replay_training_windows():
@@ -107,7 +106,7 @@ def test_predict_episode_start_equals_fresh_state_and_batches():
         obs, state=s_mid, episode_start=np.ones(2, bool), deterministic=True
     )
     np.testing.assert_array_equal(a_fresh, a_reset)
-    for x, y in zip(s_fresh, s_reset):
+    for x, y in zip(s_fresh, s_reset, strict=True):
         np.testing.assert_array_equal(x, y)
     a_carry, _ = model.predict(
         obs, state=s_mid, episode_start=np.zeros(2, bool), deterministic=True
@@ -126,19 +125,19 @@ def test_predict_rejects_gym_api_tuple():
 
 
 def test_save_load_round_trip_is_exact_and_never_pickles(tmp_path):
-    model = make_model(train_ratio=64)
-    model.learn(64)
+    model = make_model(train_ratio=32)
+    model.learn(40)
     path = tmp_path / "model"
     model.save(path)
     assert (tmp_path / "model.zip").exists()
     with zipfile.ZipFile(tmp_path / "model.zip") as zf:
         assert sorted(zf.namelist()) == ["metadata.json", "tensors.safetensors"]
         meta = json.loads(zf.read("metadata.json"))
-    assert meta["class"] == "DreamerV3" and meta["num_timesteps"] == 64
+    assert meta["class"] == "DreamerV3" and meta["num_timesteps"] == 40
     loaded = DreamerV3.load(path)
-    assert loaded.num_timesteps == 64 and loaded.preset == "debug"
+    assert loaded.num_timesteps == 40 and loaded.preset == "debug"
     for (k, v), (k2, v2) in zip(
-        model.policy.state_dict().items(), loaded.policy.state_dict().items()
+        model.policy.state_dict().items(), loaded.policy.state_dict().items(), strict=True
     ):
         assert k == k2
         torch.testing.assert_close(v, v2, rtol=0, atol=0)
@@ -149,12 +148,12 @@ def test_save_load_round_trip_is_exact_and_never_pickles(tmp_path):
 
 
 def test_learn_continues_after_load(tmp_path):
-    model = make_model(train_ratio=64)
-    model.learn(48)
+    model = make_model(train_ratio=32)
+    model.learn(40)
     model.save(tmp_path / "m.zip")
     loaded = DreamerV3.load(tmp_path / "m.zip", env=gym.make("Pendulum-v1"))
-    loaded.learn(32, reset_num_timesteps=False)
-    assert loaded.num_timesteps == 80
+    loaded.learn(20, reset_num_timesteps=False)  # a fresh replay: 16 entries before updates
+    assert loaded.num_timesteps == 60 and loaded._n_updates > model._n_updates
 
 
 def test_load_rejects_other_spaces_and_garbage(tmp_path):

@@ -74,9 +74,9 @@ class DreamerV3(BaseAlgorithm):
     Example:
         >>> import gymnasium as gym
         >>> from physlink_gym import DreamerV3
-        >>> model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", learning_starts=64,
-        ...                   seed=0)
-        >>> _ = model.learn(128)
+        >>> model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", learning_starts=48,
+        ...                   batch_size=4, sequence_length=16, train_ratio=64, seed=0)
+        >>> _ = model.learn(64)  # 16 updates of 4 x 16 steps
         >>> action, state = model.predict(model.env.reset(), deterministic=True)
         >>> action.shape, len(state)
         ((1, 1), 3)
@@ -153,20 +153,13 @@ class DreamerV3(BaseAlgorithm):
         self._entries = None
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
-        """Set a new env (same spaces); a different ``n_envs`` gets a fresh replay stream."""
-        old_n = self.n_envs
+        """Set a new env (same spaces and ``n_envs``, SB3's rule); the replay stream restarts."""
         super().set_env(env, force_reset=force_reset)
         self._policy_state = None
         self._entries = None
-        if self.replay_buffer is not None and self.n_envs != old_n:
-            self.replay_buffer = SequenceReplay(
-                capacity=max(self.buffer_size, self.n_envs * (self.config.batch_length + 1)),
-                n_envs=self.n_envs, obs_dim=self.policy.obs_dim,
-                action_dim=self.policy.act_dim, seed=self.seed,
-            )
 
     # -- acting ---------------------------------------------------------------------------------
-    def predict(  # type: ignore[override]
+    def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
         state: RecurrentState | None = None,
@@ -265,7 +258,7 @@ class DreamerV3(BaseAlgorithm):
         self.num_timesteps += self.env.num_envs
         self._update_info_buffer(infos, dones)
         self.invariant_stats.update(infos)
-        self._entries.add_step(buffer_actions, rewards, dones, infos, new_obs)
+        self._entries.add_step(buffer_actions, rewards, dones, infos, np.asarray(new_obs))
         self._last_obs = new_obs  # type: ignore[assignment]
         self._last_episode_starts = np.asarray(dones, dtype=bool)
         if self._vec_normalize_env is not None:
@@ -342,7 +335,7 @@ class DreamerV3(BaseAlgorithm):
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
 
-    def save(  # type: ignore[override]
+    def save(
         self, path: Any, exclude: Any = None, include: Any = None
     ) -> None:
         """Save a safe checkpoint (safetensors weights + JSON metadata; never pickle).
@@ -352,7 +345,7 @@ class DreamerV3(BaseAlgorithm):
         persistence.save_model(self, path, exclude=exclude, include=include)
 
     @classmethod
-    def load(  # type: ignore[override]
+    def load(
         cls: type[SelfDreamerV3], path: Any, env: GymEnv | None = None,
         device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False, force_reset: bool = True, **kwargs: Any,
@@ -363,7 +356,7 @@ class DreamerV3(BaseAlgorithm):
             force_reset=force_reset, **kwargs,
         )
 
-    def set_parameters(  # type: ignore[override]
+    def set_parameters(
         self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
     ) -> None:
         """Load parameters from a checkpoint path or from :meth:`get_parameters`' dict."""
@@ -377,18 +370,7 @@ class DreamerV3(BaseAlgorithm):
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Load a replay buffer written by :meth:`save_replay_buffer`."""
         del truncate_last_traj  # the sequence replay keeps whole streams
-        replay = SequenceReplay.load(path)
-        if self.replay_buffer is not None and (replay.obs_dim, replay.action_dim) != (
-            self.replay_buffer.obs_dim, self.replay_buffer.action_dim
-        ):
-            raise ConfigurationError(
-                got=f"a replay buffer with obs_dim={replay.obs_dim}, "
-                f"action_dim={replay.action_dim}",
-                expected=f"obs_dim={self.replay_buffer.obs_dim}, "
-                f"action_dim={self.replay_buffer.action_dim} (this model's spaces)",
-                fix="load the replay buffer saved together with this model",
-            )
-        self.replay_buffer = replay
+        self.replay_buffer = persistence.load_replay(self, path)
         self._entries = None
 
     # -- training on collected data -------------------------------------------------------------
@@ -402,24 +384,13 @@ class DreamerV3(BaseAlgorithm):
         tb_log_name: str = "DreamerV3_fit",
         log_interval: int = 100,
     ) -> SelfDreamerV3:
-        """Train the world model and the behaviour in imagination on collected trajectories.
+        """Train world model and behaviour on collected trajectories; returns ``self``.
 
-        The trajectories are loaded into the replay (discrete indices become one-hot,
-        continuous env actions are rescaled to [-1, 1]; flagged entries stay invalid and never
-        reach a loss), then ``gradient_steps`` updates run on replay windows, logged to
-        TensorBoard under ``tb_log_name``. :meth:`learn` can continue online afterwards.
-
-        Args:
-            trajectories: A :class:`~physlink_gym.data.Trajectories` of this env's spaces.
-            gradient_steps: Number of updates.
-            batch_size: Sequences per update; ``None`` keeps the config's.
-            sequence_length: Steps per sequence; ``None`` keeps the config's.
-            progress_bar: Show a tqdm progress bar over the updates.
-            tb_log_name: TensorBoard run folder name.
-            log_interval: Dump the ``train/`` logs every this many updates.
-
-        Returns:
-            ``self``.
+        The trajectories go into the replay (actions converted to the learner's space; flagged
+        entries never reach a loss), then ``gradient_steps`` updates on ``(batch_size,
+        sequence_length)`` windows run, logged under ``tb_log_name`` every ``log_interval``
+        updates, with an optional progress bar. :meth:`learn` can continue online afterwards.
+        See :mod:`~physlink_gym.agents.dreamerv3.offline`.
         """
         offline.fit(
             self, trajectories, gradient_steps, batch_size=batch_size,

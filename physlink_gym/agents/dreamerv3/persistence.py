@@ -29,13 +29,21 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import check_for_correct_spaces
 
+from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
 
 if TYPE_CHECKING:
     from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
 
-__all__ = ["load_model", "save_model", "set_parameters", "space_from_json", "space_to_json"]
+__all__ = [
+    "load_model",
+    "load_replay",
+    "save_model",
+    "set_parameters",
+    "space_from_json",
+    "space_to_json",
+]
 
 M = TypeVar("M", bound="DreamerV3")
 
@@ -77,7 +85,7 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
     if data.get("type") == "Box":
         return spaces.Box(np.array(data["low"], dtype=data["dtype"]),
                           np.array(data["high"], dtype=data["dtype"]),
-                          tuple(data["shape"]), np.dtype(data["dtype"]))  # type: ignore[arg-type]
+                          tuple(data["shape"]), np.dtype(data["dtype"]))
     if data.get("type") == "Discrete":
         return spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
     raise ConfigurationError(
@@ -102,8 +110,8 @@ def _json_data(model: DreamerV3, exclude: Any, include: Any) -> dict[str, Any]:
 
 
 def _suffixed(path: Any) -> pathlib.Path:
-    path = pathlib.Path(path)
-    return path if path.suffix else path.with_suffix(".zip")
+    target = pathlib.Path(path)
+    return target if target.suffix else target.with_suffix(".zip")
 
 
 def _resume_state(model: DreamerV3) -> dict[str, Any]:
@@ -237,3 +245,16 @@ def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> N
             "Names of parameters do not match agents' parameters: "
             f"expected {expected}, got {set(params)}"
         )
+
+
+def load_replay(model: DreamerV3, path: Any) -> SequenceReplay:
+    """Read a replay file (npz, never pickle) and check it fits ``model``'s spaces."""
+    replay = SequenceReplay.load(path)
+    ours = model.replay_buffer
+    if ours is not None and (replay.obs_dim, replay.action_dim) != (ours.obs_dim, ours.action_dim):
+        raise ConfigurationError(
+            got=f"a replay buffer with obs_dim={replay.obs_dim}, action_dim={replay.action_dim}",
+            expected=f"obs_dim={ours.obs_dim}, action_dim={ours.action_dim} (this model's spaces)",
+            fix="load the replay buffer saved together with this model",
+        )
+    return replay

@@ -96,7 +96,7 @@ class DreamerV3Policy(BasePolicy):
             return np.asarray(action.argmax(axis=-1), dtype=np.int64)
         scaled = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
         assert isinstance(self.action_space, spaces.Box)
-        return scaled.astype(self.action_space.dtype)
+        return np.asarray(scaled, dtype=self.action_space.dtype)
 
     def initial_state(self, n: int) -> tuple[torch.Tensor, ...]:
         """Zero recurrent state for ``n`` rows, on the learner's device."""
@@ -121,7 +121,7 @@ class DreamerV3Policy(BasePolicy):
     def _predict(self, observation: Any, deterministic: bool = False) -> torch.Tensor:
         raise NotImplementedError("DreamerV3Policy acts through predict(); use model.predict")
 
-    def predict(  # type: ignore[override]
+    def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
         state: RecurrentState | None = None,
@@ -144,7 +144,7 @@ class DreamerV3Policy(BasePolicy):
                 fix="pass the observation returned by env.reset()/step()",
             ) from exc
         batch = obs.reshape((-1, self.obs_dim))
-        n = batch.shape[0]
+        n = len(batch)
         if state is None:
             torch_state = self.initial_state(n)
             starts = np.ones(n, dtype=bool)

@@ -74,8 +74,8 @@ class EntryWriter:
                     final = np.asarray(vn.unnormalize_obs(final), dtype=np.float32)
                 next_obs[i] = final.reshape(-1)
             is_terminal[i] = not info.get("TimeLimit.truncated", False)
-        for i in range(n):
-            valid[i] = transition_valid(infos[i], next_obs[i], float(raw_rew[i]))
+        for j in range(n):
+            valid[j] = transition_valid(infos[j], next_obs[j], float(raw_rew[j]))
         self.replay.add(next_obs, np.asarray(actions, np.float32).reshape(n, -1),
                         raw_rew.reshape(n), np.zeros(n, bool), is_terminal, valid)
         for i in ended:
