@@ -9,10 +9,14 @@ invariant compliance of the training envs (rates, residual histograms, the plot,
 matplotlib is imported lazily, with the Agg backend; nothing here opens a window.
 
 Example:
+    >>> import tempfile
     >>> import gymnasium as gym
     >>> from physlink_gym import DreamerV3
     >>> model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", seed=0)
-    >>> path = triptych(model, gym.make("Pendulum-v1"), "pendulum.gif", steps=8)  # doctest: +SKIP
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = triptych(model, gym.make("Pendulum-v1"), f"{tmp}/pendulum.gif", steps=4)
+    ...     print(path.name, path.stat().st_size > 0)
+    pendulum.gif True
 """
 
 from __future__ import annotations
