@@ -37,6 +37,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from physlink_gym.agents.dreamerv3.behavior import (
     imagination_losses,
@@ -149,7 +150,11 @@ class DreamerV3Learner(nn.Module):
         h, z, prev_action = state
         with self._autocast():
             embed = self.encoder(obs.to(self.device, torch.float32))
-            h, z, _ = self.rssm.obs_step((h, z), prev_action, embed, is_first.bool())
+            h, z, logp = self.rssm.obs_step((h, z), prev_action, embed, is_first.bool())
+            if deterministic:
+                # Deviation for SB3's contract (deterministic=True is repeatable): the reference
+                # samples the posterior latent even in eval mode; here its mode is taken instead.
+                z = F.one_hot(logp.argmax(-1), logp.shape[-1]).to(z.dtype).flatten(-2)
             action = self.actor.sample(self.actor(torch.cat([h, z], -1)), deterministic)
         action = action.float()
         if not self.discrete:
