@@ -69,11 +69,16 @@ def ball(z: float = 10.0, floor: bool = False) -> TinyEnv:
     return TinyEnv(BALL.format(z=z, floor=plane))
 
 
-def hooked_step(env, checks, action=None, mid_step=None):
-    """One step with the wrapper's protocol: before_step hooks, step, then residuals."""
+def start(env, *checks):
+    """Bind-time protocol of the wrapper: on_reset hooks after a reset."""
     for c in checks:
-        if hasattr(c, "before_step"):
-            c.before_step(env, action)
+        if hasattr(c, "on_reset"):
+            c.on_reset(env.unwrapped, None)
+    return checks[0] if len(checks) == 1 else list(checks)
+
+
+def hooked_step(env, checks, action=None, mid_step=None):
+    """One step as the wrapper does it (``mid_step`` edits the state just before it)."""
     if mid_step is not None:
         mid_step(env.unwrapped.data)
     if hasattr(env, "action_space"):
@@ -135,7 +140,7 @@ def test_joint_limits_not_applicable_without_limited_joints():
 
 def test_sim_health_nan_qvel_counts_warning_and_rewound_time():
     env = ball()
-    check = sim_health().bind(env)
+    check = start(env, sim_health().bind(env))
     for _ in range(5):
         assert hooked_step(env, [check])[0] == [0.0]
     env.data.qvel[2] = np.nan  # MuJoCo warns BADQVEL and resets itself inside mj_step
@@ -145,7 +150,7 @@ def test_sim_health_nan_qvel_counts_warning_and_rewound_time():
 
 def test_sim_health_bad_ctrl_counts_one():
     env = TinyEnv(ARM)
-    check = sim_health().bind(env)
+    check = start(env, sim_health().bind(env))
     env.data.ctrl[0] = np.inf
     assert hooked_step(env, [check])[0] == [1.0]
     assert env.data.warning[mujoco.mjtWarning.mjWARN_BADCTRL].number == 1
@@ -153,8 +158,8 @@ def test_sim_health_bad_ctrl_counts_one():
 
 def test_kinematics_exact_for_one_euler_substep_and_flags_teleport():
     env = ball()
-    check = kinematic_consistency().bind(env)
     env.data.qvel[:] = [1.0, -2.0, 3.0, 5.0, -4.0, 2.0]  # tumbling: quaternion path
+    check = start(env, kinematic_consistency().bind(env))
     for _ in range(20):
         assert hooked_step(env, [check])[0][0] < 1e-12
 
@@ -166,8 +171,8 @@ def test_kinematics_exact_for_one_euler_substep_and_flags_teleport():
 
 def test_kinematics_wraps_hinge_angles():
     env = TinyEnv(ARM)
-    check = kinematic_consistency().bind(env)
     env.data.qvel[1] = 3.0
+    check = start(env, kinematic_consistency().bind(env))
 
     def wrap(data):
         data.qpos[1] -= 2 * math.pi  # same physical angle, unwrapped bookkeeping
@@ -177,7 +182,7 @@ def test_kinematics_wraps_hinge_angles():
 
 def test_energy_free_fall_residual_is_the_euler_energy_error():
     env = ball()
-    check = mujoco_energy().bind(env)
+    check = start(env, mujoco_energy().bind(env))
     h, g = 0.01, 9.81
     # semi-implicit Euler in free fall: ΔE = −½·m·g²·h² per step; E_ref = m·g0 (no actuators)
     expected = 0.5 * g**2 * h**2 / G0
@@ -191,33 +196,35 @@ def test_energy_counts_actuator_and_applied_work_golden():
         <geom type="box" size="0.1 0.1 0.1" mass="1"/></body></worldbody>
       <actuator><motor joint="s" gear="1"/></actuator></mujoco>"""
     env = TinyEnv(xml)
-    check = mujoco_energy().bind(env)
+    check = start(env, mujoco_energy().bind(env))
     env.data.ctrl[0] = 3.0  # motor force: its work is f·Δq exactly
     env.data.qfrc_applied[0] = 0.5
     # Euler: ΔKE = f·Δx − ½·h²·f²/m with f = 3.5 N; E_ref = gear·gain·1 + m·g0
-    expected = 0.5 * 0.01**2 * 3.5**2 / (1.0 + G0)
+    scale = 1.0 + G0
+    expected = 0.5 * 0.01**2 * 3.5**2 / scale
     for _ in range(20):
+        kinetic0 = 0.5 * env.data.qvel[0] ** 2
         assert hooked_step(env, [check])[0][0] == pytest.approx(expected, rel=1e-6)
-    blind = type(check)(env.model, 1)  # a check that forgets the work of the forces
-    blind._work = lambda data, v0: 0.0
-    assert hooked_step(env, [blind])[0][0] > 30 * expected
+    gain = 0.5 * env.data.qvel[0] ** 2 - kinetic0
+    assert gain / scale > 30 * expected  # uncounted work would show up 30× over
 
 
 def test_energy_blow_up_is_huge_and_nan_is_nan():
     env = ball()
-    check = mujoco_energy().bind(env)
+    check = start(env, mujoco_energy().bind(env))
 
     def blow(data):
         data.qvel[:3] = 1e6
 
     assert hooked_step(env, [check], mid_step=blow)[0][0] > 1e6
-    env.data.qvel[0] = np.nan
-    assert math.isnan(hooked_step(env, [check])[0][0])
+    env.step()
+    env.data.qvel[0] = np.nan  # a NaN end state (MuJoCo itself would reset on the next step)
+    assert math.isnan(check({"env": env, "cache": {}}))
 
 
 def test_momentum_free_fall_closes_and_mid_step_kick_has_known_residual():
     env = ball()
-    check = momentum().bind(env)
+    check = start(env, momentum().bind(env))
     for _ in range(10):
         assert hooked_step(env, [check])[0][0] < 1e-9
     env.data.xfrc_applied[1, :3] = [3.0, 0.0, -4.0]  # an applied push is part of the impulse
@@ -233,14 +240,14 @@ def test_momentum_free_fall_closes_and_mid_step_kick_has_known_residual():
 @pytest.mark.parametrize("z", [0.1, 0.13])  # resting on the floor; 3 cm above it
 def test_momentum_is_zero_in_contact_or_within_clearance(z):
     env = ball(z=z, floor=True)
-    check = momentum().bind(env)
+    check = start(env, momentum().bind(env))
 
     def kick(data):
         data.qvel[0] += 1.0
 
     assert hooked_step(env, [check], mid_step=kick)[0] == [0.0]
     far = ball(z=1.0, floor=True)
-    check = momentum().bind(far)
+    check = start(far, momentum().bind(far))
     assert hooked_step(far, [check], mid_step=kick)[0][0] > 10.0
 
 
@@ -255,20 +262,23 @@ def test_energy_and_momentum_share_one_scratch_evaluation_per_step(monkeypatch):
     calls = []
     original = _mjutil.Scratch.summarize
     monkeypatch.setattr(_mjutil.Scratch, "summarize",
-                        lambda self, q, v: calls.append(1) or original(self, q, v))
+                        lambda self, q, v, full=True: calls.append(full) or original(self, q, v,
+                                                                                    full))
     env = ball()
-    checks = [mujoco_energy().bind(env), momentum().bind(env)]
+    checks = start(env, mujoco_energy().bind(env), momentum().bind(env))
     for _ in range(10):
         hooked_step(env, checks)
-    assert len(calls) == 10 + 2  # one end state per step + each check's first start state
+    # two reset-state evaluations (energy's, momentum's first start), then one per step: energy
+    # computes the end energies and momentum completes that same evaluation with M·v
+    assert len(calls) == 2 + 10 and calls.count(True) == 1
 
 
 @pytest.mark.parametrize("factory", [sim_health, kinematic_consistency, mujoco_energy, momentum])
-def test_missing_before_step_is_reported_not_guessed(factory):
+def test_missing_on_reset_is_reported_not_guessed(factory):
     env = ball()
     check = factory().bind(env)
     env.step()
-    with pytest.raises(ConfigurationError, match="before_step"):
+    with pytest.raises(ConfigurationError, match="on_reset"):
         check({"env": env, "cache": {}})
 
 
@@ -308,15 +318,29 @@ def test_inverted_pendulum_books_close_tightly():
 
 
 @pytest.mark.parametrize(("value", "env_id"), [(1e6, "HalfCheetah-v5"), (np.nan, "HalfCheetah-v5"),
-                                              (1e6, "InvertedPendulum-v5")])
-def test_blow_up_fails_health_energy_and_kinematics(value, env_id):
-    residuals, _, _ = run_gym(env_id, [sim_health, mujoco_energy, kinematic_consistency], 12,
-                              kick=(10, value))
-    health, energy, kin = residuals[10]
-    assert health >= 1.0  # MuJoCo warned and reset itself
-    assert not energy <= mujoco_energy().tolerance  # huge or NaN
-    assert not kin <= kinematic_consistency().tolerance
-    assert residuals[11, 0] == 0.0  # and the next step is healthy again
+                                              (1e6, "Ant-v5")])
+def test_injected_blow_up_fails_sim_health_on_that_step_only(value, env_id):
+    residuals, _, _ = run_gym(env_id, [sim_health], 12, kick=(10, value))
+    assert residuals[10, 0] >= 1.0  # MuJoCo warned and reset itself inside mj_step
+    assert residuals[:10, 0].max() == 0.0 and residuals[11, 0] == 0.0
+
+
+def test_unstable_simulation_fails_energy_and_kinematics_before_mujoco_resets():
+    env = gym.make("HalfCheetah-v5")
+    env.reset(seed=0)
+    env.unwrapped.model.opt.timestep *= 10  # a 0.1 s substep: the springs go unstable
+    checks = start(env, *(f().bind(env) for f in (sim_health, mujoco_energy,
+                                                    kinematic_consistency)))
+    flagged = {c.name: None for c in checks}
+    rng = np.random.default_rng(0)
+    for t in range(6):
+        res, _ = hooked_step(env, checks, rng.uniform(-1, 1, 6))
+        for c, r, inv in zip(checks, res, (sim_health(), mujoco_energy(),
+                                           kinematic_consistency()), strict=True):
+            if flagged[c.name] is None and inv.is_violation(r):
+                flagged[c.name] = t
+    assert flagged["mujoco_energy"] == 0 and flagged["kinematic_consistency"] == 0
+    assert flagged["sim_health"] is not None and flagged["sim_health"] > 0
 
 
 @pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Ant-v5"])
@@ -345,8 +369,7 @@ def test_end_to_end_through_invariant_wrapper():
     env.unwrapped.data.qvel[:] = 1e6  # a blow-up between steps
     *_, info = env.step(env.action_space.sample())
     record = info["physlink"]
-    assert not record["valid"]
-    assert record["violated"]["sim_health"] and record["violated"]["mujoco_energy"]
+    assert not record["valid"] and record["violated"]["sim_health"]
     statuses = env.compliance_report().statuses
     assert statuses["sim_health"] == "FAIL" and statuses["joint_limits"] == "PASS"
 

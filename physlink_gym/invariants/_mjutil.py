@@ -25,20 +25,21 @@ from physlink_gym.invariants.core import Invariant, Mode, NotApplicableError
 __all__ = [
     "END_STATE_KEY",
     "STANDARD_GRAVITY",
-    "Clearance",
+    "LiveViews",
     "MjCheck",
-    "RootTranslations",
     "Scratch",
-    "StartState",
     "StateSummary",
+    "as_slice",
+    "cached_end_summary",
     "end_summary",
     "energy_scale",
     "frame_skip",
+    "live_data",
     "make_invariant",
-    "missing_before_step",
+    "max_abs",
+    "max_of",
+    "missing_reset",
     "mujoco_env",
-    "nonneg",
-    "root_translations",
     "step_weights",
 ]
 
@@ -67,6 +68,18 @@ def mujoco_env(env: Any, invariant: str) -> Any:
     return base
 
 
+def live_data(env: Any) -> Any:
+    """The live ``MjData`` of an env or of its unwrapped base."""
+    return getattr(env, "unwrapped", env).data
+
+
+def as_slice(index: NDArray[np.intp]) -> Any:
+    """A slice for a contiguous increasing index array (cheaper to apply), else the array."""
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        return slice(int(index[0]), int(index[0]) + index.size)
+    return index
+
+
 def frame_skip(env: Any) -> int:
     """Number of ``mj_step`` substeps per env step (``env.frame_skip``, 1 when absent)."""
     return max(1, int(getattr(env, "frame_skip", 1)))
@@ -93,142 +106,168 @@ class StateSummary(NamedTuple):
     Attributes:
         potential: Gravity plus spring potential energy (``mj_energyPos``), J.
         kinetic: ``½·vᵀ·M(q)·v`` (armature included), J.
-        momentum: Generalized momentum ``M(q)·v`` (a fresh array, never a view).
-        geom_xpos: ``(ngeom, 3)`` geom centres (a copy), for contact clearances.
+        momentum: Generalized momentum ``M(q)·v`` (a copy), or None when not asked for.
+        geom_xpos: ``(ngeom, 3)`` geom centres (a copy), or None when not asked for.
     """
 
     potential: float
     kinetic: float
-    momentum: FloatArray
-    geom_xpos: FloatArray
+    momentum: FloatArray | None
+    geom_xpos: FloatArray | None
 
 
 class Scratch:
     """A private ``MjData`` on the env's model: position-level pipeline only, no collisions.
 
-    ``summarize`` runs ``mj_kinematics``, ``mj_comPos``, ``mj_tendon``, ``mj_makeM``,
-    ``mj_energyPos`` and ``mj_mulM`` (about 4 µs on HalfCheetah), never ``mj_forward``.
+    ``summarize`` runs ``mj_kinematics``, ``mj_comPos``, ``mj_tendon`` (when there are
+    tendons), ``mj_makeM``, ``mj_energyPos`` and ``mj_mulM``, never ``mj_forward``.
     """
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.data = mujoco.MjData(model)
+        self.data = d = mujoco.MjData(model)
         self._mv = np.zeros(model.nv)
+        self._tendons = model.ntendon > 0
+        self._qpos, self._qvel, self._energy, self._geoms = d.qpos, d.qvel, d.energy, d.geom_xpos
+        self._last: StateSummary | None = None  # the summary of the state now in self.data
 
     def __reduce__(self) -> tuple[type[Scratch], tuple[Any]]:
         return (Scratch, (self.model,))
 
-    def summarize(self, qpos: FloatArray, qvel: FloatArray) -> StateSummary:
-        """Energy and momentum of the state ``(qpos, qvel)``."""
-        m, d = self.model, self.data
-        np.copyto(d.qpos, qpos)
-        np.copyto(d.qvel, qvel)
+    def summarize(self, qpos: FloatArray, qvel: FloatArray, full: bool = True) -> StateSummary:
+        """Energy of the state ``(qpos, qvel)``, and its momentum and geoms when ``full``."""
+        m, d, mv = self.model, self.data, self._mv
+        np.copyto(self._qpos, qpos)
+        np.copyto(self._qvel, qvel)
         mujoco.mj_kinematics(m, d)
         mujoco.mj_comPos(m, d)
-        mujoco.mj_tendon(m, d)
+        if self._tendons:
+            mujoco.mj_tendon(m, d)
         mujoco.mj_makeM(m, d)
         mujoco.mj_energyPos(m, d)
-        mujoco.mj_mulM(m, d, self._mv, d.qvel)
-        kinetic = 0.5 * float(np.dot(d.qvel, self._mv))
-        return StateSummary(float(d.energy[0]), kinetic, self._mv.copy(), d.geom_xpos.copy())
+        if full:
+            mujoco.mj_mulM(m, d, mv, qvel)
+            kinetic = 0.5 * float(mv.dot(qvel))
+            summary = StateSummary(float(self._energy[0]), kinetic, mv.copy(), self._geoms.copy())
+        else:
+            mujoco.mj_energyVel(m, d)
+            potential, kinetic = self._energy.tolist()
+            summary = StateSummary(potential, kinetic, None, None)
+        self._last = summary
+        return summary
+
+    def complete(self, summary: StateSummary) -> StateSummary | None:
+        """Add momentum and geoms to the energies-only ``summary`` of the state still held."""
+        if self._last is not summary:
+            return None
+        mujoco.mj_mulM(self.model, self.data, self._mv, self._qvel)
+        full = summary._replace(momentum=self._mv.copy(), geom_xpos=self._geoms.copy())
+        self._last = full
+        return full
 
 
-def end_summary(transition: Any, scratch: Scratch) -> StateSummary:
-    """The post-step state summary, computed once per step and shared through the cache."""
-    data = transition["env"].data
+def end_summary(transition: Any, scratch: Scratch, live: LiveViews,
+                full: bool = True) -> StateSummary:
+    """The post-step state summary, computed once per step and shared through the cache.
+
+    ``full=False`` asks for energies only (momentum and geoms may then be None).
+    """
+    data = live.data
     cache = transition.get("cache")
+    hit = None if cache is None else cache.get(END_STATE_KEY)
+    if hit is not None and hit[0] is data:
+        cached: StateSummary = hit[1]
+        if not full or cached.momentum is not None:
+            return cached
+        upgraded: StateSummary | None = hit[2].complete(cached)  # on the scratch that made it
+        if upgraded is not None:
+            cache[END_STATE_KEY] = (data, upgraded, hit[2])
+            return upgraded
+    summary = scratch.summarize(live.qpos, live.qvel, full)
     if cache is not None:
-        hit = cache.get(END_STATE_KEY)
-        if hit is not None and hit[0] is data:
-            summary: StateSummary = hit[1]
-            return summary
-    summary = scratch.summarize(data.qpos, data.qvel)
-    if cache is not None:
-        cache[END_STATE_KEY] = (data, summary)
+        cache[END_STATE_KEY] = (data, summary, scratch)
     return summary
 
 
-class StartState:
-    """The pre-step snapshot of one check: ``q0``, ``v0`` and (lazily) their summary.
-
-    ``begin`` is called from ``before_step``. When the live state is bytewise the state the
-    previous step ended in, the previous end summary is reused, so a step costs one scratch
-    evaluation, not two. ``finish`` records the end state and disarms the snapshot, so a missing
-    ``before_step`` is reported instead of silently reusing a stale one.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.q0 = np.zeros(model.nq)
-        self.v0 = np.zeros(model.nv)
-        self.armed = False
-        self._summary: StateSummary | None = None
-        self._end_key = b""
-        self._end_summary: StateSummary | None = None
-
-    def reset(self) -> None:
-        """Forget everything (after an env reset)."""
-        self.armed, self._summary, self._end_key, self._end_summary = False, None, b"", None
-
-    def begin(self, data: Any) -> None:
-        """Snapshot the live state before a step."""
-        np.copyto(self.q0, data.qpos)
-        np.copyto(self.v0, data.qvel)
-        same = self._end_summary is not None and self._end_key == self.q0.tobytes() + \
-            self.v0.tobytes()
-        self._summary = self._end_summary if same else None
-        self.armed = True
-
-    def summary(self, scratch: Scratch) -> StateSummary:
-        """Summary of the snapshot (evaluated on the scratch data only when not reusable)."""
-        if self._summary is None:
-            self._summary = scratch.summarize(self.q0, self.v0)
-        return self._summary
-
-    def finish(self, data: Any, end: StateSummary | None) -> None:
-        """Record the post-step state (its summary when known) and disarm."""
-        self.armed = False
-        if end is None:
-            self._end_key, self._end_summary = b"", None
-        else:
-            self._end_key = data.qpos.tobytes() + data.qvel.tobytes()
-            self._end_summary = end
-
-    def require_armed(self, invariant: str) -> None:
-        """Raise when ``before_step`` did not run before this step."""
-        if not self.armed:
-            raise missing_before_step(invariant)
+def cached_end_summary(transition: Any) -> StateSummary | None:
+    """The full post-step summary if another invariant already computed it this step."""
+    cache = transition.get("cache")
+    hit = None if cache is None else cache.get(END_STATE_KEY)
+    if hit is not None and hit[0] is transition["env"].data and hit[1].momentum is not None:
+        summary: StateSummary = hit[1]
+        return summary
+    return None
 
 
-def missing_before_step(invariant: str) -> ConfigurationError:
-    """The error of a check called on a step whose ``before_step`` never ran."""
+def missing_reset(invariant: str) -> ConfigurationError:
+    """The error of a check called before its ``on_reset`` ever ran."""
     return ConfigurationError(
-        got=f"invariant {invariant!r} checked a step without a before_step snapshot",
-        expected="before_step(env, action) called before every env.step",
-        fix="use the check through InvariantWrapper, or call check.before_step(env, action) "
-        "before each env.step when driving it by hand",
+        got=f"invariant {invariant!r} checked a step before on_reset gave it a start state",
+        expected="on_reset(env, obs) called after every env.reset",
+        fix="use the check through InvariantWrapper, or call check.on_reset(env, obs) after "
+        "each env.reset when driving it by hand",
     )
 
 
-def nonneg(r: float) -> float:
-    """``max(r, 0)`` that keeps NaN (Python's ``max(0.0, nan)`` is 0.0)."""
-    return 0.0 if r <= 0.0 else r
+def max_abs(values: list[float]) -> float:
+    """``max |v|`` of a list; NaN when a value is NaN (Python's max would drop it)."""
+    total = sum(values)
+    if total != total:
+        return math.nan
+    return max(max(values), -min(values))
+
+
+def max_of(values: list[float]) -> float:
+    """``max v`` of a non-empty list; NaN when a value is NaN."""
+    total = sum(values)
+    return max(values) if total == total else math.nan
+
+
+class LiveViews:
+    """Numpy views on the arrays of one live ``MjData``, made once.
+
+    Every ``data.qpos`` access builds a new numpy view (~0.4 µs); the arrays themselves live as
+    long as the ``MjData``, so a check keeps these views and rebuilds them only when the env's
+    ``data`` object changes.
+    """
+
+    __slots__ = ("data", "geom_xpos", "qfrc_actuator", "qfrc_applied", "qfrc_constraint",
+                 "qfrc_fluid", "qfrc_gravcomp", "qpos", "qvel", "xfrc_applied")
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.qpos: FloatArray = data.qpos
+        self.qvel: FloatArray = data.qvel
+        self.qfrc_actuator: FloatArray = data.qfrc_actuator
+        self.qfrc_applied: FloatArray = data.qfrc_applied
+        self.qfrc_constraint: FloatArray = data.qfrc_constraint
+        self.qfrc_fluid: FloatArray = data.qfrc_fluid
+        self.qfrc_gravcomp: FloatArray = data.qfrc_gravcomp
+        self.xfrc_applied: FloatArray = data.xfrc_applied
+        self.geom_xpos: FloatArray = data.geom_xpos  # of the last substep's forward pass
 
 
 class MjCheck:
-    """Base of the bound MuJoCo checks: a lazy scratch ``MjData``, dropped when pickled.
+    """Base of the bound MuJoCo checks: lazy scratch data and live views, dropped when pickled.
 
     Subclasses take ``(model, substeps, **options)`` and set ``name``.
     """
 
     name = ""
+    transient: tuple[str, ...] = ("_scratch", "_views")  # rebuilt lazily after unpickling
 
     def __init__(self) -> None:
         self._scratch: Scratch | None = None
+        self._views: LiveViews | None = None
+
+    def _live(self, data: Any) -> LiveViews:
+        views = self._views
+        if views is None or views.data is not data:
+            views = self._views = LiveViews(data)
+        return views
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_scratch"] = None
-        return state
+        return {k: None if k in self.transient else v for k, v in self.__dict__.items()}
 
     def _scratch_for(self, model: Any) -> Scratch:
         if self._scratch is None or self._scratch.model is not model:
@@ -265,93 +304,3 @@ def energy_scale(model: Any) -> float:
     cap = np.where(model.actuator_forcelimited != 0, force,
                    np.where(model.actuator_ctrllimited != 0, gain * ctrl, gain))
     return float(np.sum(gear * cap)) + float(model.body_subtreemass[0]) * STANDARD_GRAVITY
-
-
-class RootTranslations(NamedTuple):
-    """Degrees of freedom that translate a whole kinematic tree along a fixed world axis.
-
-    Attributes:
-        dofs: Their indices in ``qvel``; qpos: their indices in ``qpos``.
-        axes: ``(n, 3)`` world axes; mass: ``(n,)`` gravity-effective tree masses
-            ``Σ m_b·(1 − gravcomp_b)``; trees: ``(n, nbody)`` tree membership.
-    """
-
-    dofs: NDArray[np.intp]
-    qpos: NDArray[np.intp]
-    axes: FloatArray
-    mass: FloatArray
-    trees: FloatArray
-
-
-def root_translations(model: Any) -> RootTranslations:
-    """Find each tree's leading free or slide joints (children of the world body).
-
-    Only joints before the first hinge/ball of the root body count: their world axes are
-    constant. Along such a degree of freedom ``j`` the generalized momentum ``(M·v)_j`` is the
-    tree's linear momentum along the axis (plus armature), and Lagrange's equation reads
-    ``d(M·v)_j/dt = m·(g·axis) + Q_j`` because translating the tree changes no inertia.
-    """
-    dofs: list[int] = []
-    qpos: list[int] = []
-    axes: list[FloatArray] = []
-    roots: list[int] = []
-    for body in range(1, model.nbody):
-        if model.body_parentid[body] != 0:
-            continue
-        first = int(model.body_jntadr[body])
-        for jnt in range(first, first + int(model.body_jntnum[body])):
-            kind, dof, adr = model.jnt_type[jnt], model.jnt_dofadr[jnt], model.jnt_qposadr[jnt]
-            if kind == mujoco.mjtJoint.mjJNT_FREE:
-                dofs += [dof, dof + 1, dof + 2]
-                qpos += [adr, adr + 1, adr + 2]
-                axes += list(np.eye(3))
-                roots += [body] * 3
-            elif kind == mujoco.mjtJoint.mjJNT_SLIDE:
-                axis = np.zeros(3)
-                mujoco.mju_rotVecQuat(axis, model.jnt_axis[jnt], model.body_quat[body])
-                dofs.append(dof)
-                qpos.append(adr)
-                axes.append(axis)
-                roots.append(body)
-                continue
-            break
-    trees = (model.body_rootid[None, :] == np.array(roots, dtype=int)[:, None]).astype(float)
-    mass = trees @ (model.body_mass * (1.0 - model.body_gravcomp))
-    return RootTranslations(np.array(dofs, dtype=np.intp), np.array(qpos, dtype=np.intp),
-                            np.array(axes).reshape(-1, 3), mass, trees)
-
-
-class Clearance:
-    """Lower bound on the gap between geoms that could exert an external force on a tree.
-
-    Pairs are every collidable geom of a moving tree (``contype``/``conaffinity`` compatible)
-    with every geom of the world or of another tree. The gap is measured with bounding spheres
-    (``geom_rbound``) and, for planes, along the plane normal, minus both margins: it never
-    exceeds the true distance, so a positive clearance certifies "no contact in this state".
-    """
-
-    def __init__(self, model: Any) -> None:
-        plane = model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE
-        root = model.body_rootid[model.geom_bodyid]
-        ctype, caff = model.geom_contype, model.geom_conaffinity
-        grid = np.meshgrid(np.arange(model.ngeom), np.arange(model.ngeom), indexing="ij")
-        a, b = grid[0].ravel(), grid[1].ravel()
-        keep = (root[a] != 0) & (root[b] != root[a]) & ~plane[a] & ((a < b) | (root[b] == 0))
-        keep &= ((ctype[a] & caff[b]) | (ctype[b] & caff[a])) != 0
-        self._a, self._b = a[keep], b[keep]
-        self._plane = plane[self._b]
-        data = mujoco.MjData(model)
-        mujoco.mj_kinematics(model, data)  # planes sit on static bodies: normals are constant
-        self._normal = data.geom_xmat[self._b].reshape(-1, 3, 3)[:, :, 2]
-        rb, margin = model.geom_rbound, model.geom_margin
-        self._pad = rb[self._a] + np.where(self._plane, 0.0, rb[self._b])
-        self._pad += margin[self._a] + margin[self._b]
-
-    def __call__(self, geom_xpos: FloatArray) -> float:
-        """Smallest certified gap (m) in the state with geom centres ``geom_xpos``; inf if none."""
-        if self._a.size == 0:
-            return math.inf
-        diff = geom_xpos[self._a] - geom_xpos[self._b]
-        along = np.einsum("ij,ij->i", diff, self._normal)
-        gap = np.where(self._plane, along, np.sqrt(np.einsum("ij,ij->i", diff, diff)))
-        return float(np.min(gap - self._pad))
