@@ -258,3 +258,13 @@ def test_bad_batch_shapes_raise() -> None:
     del batch["valid"]
     with pytest.raises(ValidationError, match="valid"):
         learner.train_step(batch)
+
+
+def test_bfloat16_compute_runs() -> None:
+    learner = _learner(compute_dtype="bfloat16")
+    metrics = learner.train_step(_batch())
+    assert all(math.isfinite(v) for v in metrics.values())
+    action, state = learner.policy_step(
+        torch.randn(2, OBS), learner.initial_state(2), torch.ones(2, dtype=torch.bool)
+    )
+    assert action.dtype == torch.float32 and state[0].dtype == torch.float32

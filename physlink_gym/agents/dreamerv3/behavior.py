@@ -96,7 +96,9 @@ def imagination_losses(
     start_w = valid.reshape(1, -1)  # [1, N]
     value_logits = m.critic(feats[:-1])  # [H, N, K]: the critic's only forward with grad
     with torch.no_grad():
-        value = twohot_mean(torch.cat([value_logits, m.critic(feats[-1:])]), m.bins)
+        value = torch.cat(
+            [twohot_mean(value_logits, m.bins), twohot_mean(m.critic(feats[-1:]), m.bins)]
+        )  # [H+1, N]
         slow = twohot_mean(m.slow_critic(feats), m.bins)  # [H+1, N]
         tarval = slow if cfg.slow_target else value
         # contdisc: the continue head already holds the discount (reference `imag_loss`).

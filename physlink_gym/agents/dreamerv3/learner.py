@@ -99,7 +99,6 @@ class DreamerV3Learner(nn.Module):
         )
         self.register_buffer("bins", twohot_bins(bins), persistent=False)
         self.to(device)
-        self.device = torch.device(device)
         self.optimizer = LaProp(
             self.trainable_parameters(),
             lr=cfg.lr,
@@ -109,6 +108,11 @@ class DreamerV3Learner(nn.Module):
             agc_pmin=cfg.agc_pmin,
             warmup=cfg.warmup,
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live now (follows ``.to()`` calls made after construction)."""
+        return self.bins.device
 
     # -- parameter groups --------------------------------------------------------------------
     def world_model_modules(self) -> list[nn.Module]:

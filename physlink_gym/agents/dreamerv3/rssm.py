@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,6 +39,8 @@ from physlink_gym.agents.dreamerv3.networks import (
 )
 
 __all__ = ["RSSM", "BlockGRU", "Posterior", "sample_latent"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class BlockGRU(nn.Module):
@@ -303,9 +306,13 @@ class _Compiled:
         self.fn = fn
         self.compiled = torch.compile(fn, dynamic=False)
         self.failed = False
+        self.announced = False
 
     def __call__(self, *args: Any) -> Any:
         if not self.failed:
+            if not self.announced:
+                self.announced = True
+                _LOG.info("torch.compile of %s: the first update compiles it", self.fn.__name__)
             try:
                 return self.compiled(*args)
             except Exception as exc:  # any compiler failure: run eagerly
