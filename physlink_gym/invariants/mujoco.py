@@ -297,8 +297,10 @@ def mujoco_energy(tolerance: float = 3.0, mode: Mode = "hard", *,
     InvertedPendulum-v5 1e-4, Hopper-v5 0.02 (0.03), Humanoid-v5 0.05 (0.06), Walker2d-v5 0.11
     (0.12), HalfCheetah-v5 0.67 (0.20), Reacher-v5 1.16 (0.82), Ant-v5 1.52 (0.41): counting
     constraint work helps with 2–3 ms substeps and hurts with 10 ms ones. The default 3.0 is a
-    blow-up detector (``qvel = 1e6`` gives ~1e8); on contact-free or finely stepped models
-    tighten it (1e-3 for InvertedPendulum-v5, 0.3 for Hopper/Walker2d/Humanoid).
+    blow-up detector: HalfCheetah-v5 with a 10× substep gives 15 on its first step and 5e4 on
+    the next, before MuJoCo resets itself; ``qvel = 1e6`` on a free body gives ~1e11. On
+    contact-free or finely stepped models tighten it (1e-3 for InvertedPendulum-v5, 0.3 for
+    Hopper/Walker2d/Humanoid).
 
     Args:
         tolerance: Allowed unexplained energy per step, in units of ``E_ref``.
