@@ -181,7 +181,7 @@ def test_actor_init_and_distributions() -> None:
     logp, ent = cont.log_prob_entropy(raw, mode)
     std = 0.9 * torch.sigmoid(torch.tensor(2.0)) + 0.1  # bounded normal at init
     expected_ent = 3 * (0.5 * math.log(2 * math.pi * std.item() ** 2) + 0.5)
-    torch.testing.assert_close(ent, torch.full((64,), expected_ent), atol=2e-3, rtol=0)
+    torch.testing.assert_close(ent, torch.full((64,), expected_ent), atol=1e-2, rtol=0)
     assert logp.shape == (64,)
     disc = Actor(CFG, action_dim=4, discrete=True)
     draw = disc(feat)

@@ -171,9 +171,21 @@ class DreamerV3Config:
 
 
 _SIZES: dict[str, dict[str, Any]] = {
-    # Tiny model for tests (configs.yaml's `debug` preset shrinks the same fields); it keeps
-    # the 255 bins and the 8 blocks so that every code path has its real shape.
-    "debug": dict(deter=32, hidden=16, stoch=4, classes=4, units=16, blocks=8, compile=False),
+    # Tiny model for tests, after configs.yaml's `debug` preset (sizes shrunk, `.*\.layers: 1`);
+    # it keeps the 255 bins and 8 blocks so every code path has its real shape, and runs eagerly.
+    "debug": dict(
+        deter=32,
+        hidden=16,
+        stoch=4,
+        classes=4,
+        units=16,
+        blocks=8,
+        enc_layers=1,
+        dec_layers=1,
+        actor_layers=1,
+        critic_layers=1,
+        compile=False,
+    ),
     # configs.yaml `size1m` ... `size200m`: {deter, hidden, classes} and `units`.
     "1m": dict(deter=512, hidden=64, classes=4, units=64),
     "12m": dict(deter=2048, hidden=256, classes=16, units=256),
