@@ -285,27 +285,13 @@ class ComplianceReport:
     def plot(self, path: str | Path | None = None) -> Any:
         """Residual histograms (log axis) with a dashed line at each tolerance; returns the Figure.
 
-        Zero and non-finite residuals cannot sit on a log axis: their counts are in the titles.
-        matplotlib is imported here, not at module import; ``path`` saves the figure.
+        Bins above the tolerance are red; invariants whose residuals were all zero (or that did
+        not apply) get a line of text instead of empty axes. matplotlib is imported here, not at
+        module import; ``path`` saves the figure.
         """
-        import matplotlib.pyplot as plt
+        from physlink_gym._viz_draw import draw_compliance
 
-        shown = [inv for inv in self.invariants if inv.not_applicable is None]
-        fig, axes = plt.subplots(max(len(shown), 1), 1, figsize=(6, 2.5 * max(len(shown), 1)),
-                                 squeeze=False)
-        for ax, inv in zip(axes[:, 0], shown, strict=False):
-            keys = sorted(inv.histogram)
-            edges = [bin_edges(k) for k in keys]
-            ax.bar([lo for lo, _ in edges], [inv.histogram[k] for k in keys],
-                   width=[hi - lo for lo, hi in edges], align="edge", color="tab:blue")
-            ax.set_xscale("log")
-            if inv.tolerance > 0:
-                ax.axvline(inv.tolerance, color="tab:red", linestyle="--", label="tolerance")
-            ax.set_title(f"{inv.name}: {inv.status} (zeros={inv.zeros}, "
-                         f"non-finite={inv.nonfinite})")
-            ax.set_xlabel("residual")
-            ax.set_ylabel("count")
-        fig.tight_layout()
+        fig = draw_compliance(self)
         if path is not None:
             fig.savefig(path)
         return fig

@@ -22,6 +22,7 @@ import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
 
 from physlink_gym import DreamerV3
 
@@ -35,7 +36,7 @@ class EvalEvery(BaseCallback):
     def __init__(self, every: int, seed: int) -> None:
         super().__init__()
         self.every = every
-        self.eval_env = gym.make(ENV_ID)
+        self.eval_env = Monitor(gym.make(ENV_ID))
         self.eval_env.reset(seed=10_000 + seed)
         self.points: list[tuple[int, float, float]] = []
         self.start = time.perf_counter()

@@ -207,3 +207,13 @@ def test_tensorboard_folder_numbering(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["DreamerV3_1"]
     model.learn(8)
     assert sorted(os.listdir(tmp_path)) == ["DreamerV3_1", "DreamerV3_2"]
+
+
+def test_visualize_writes_the_triptych_gif(tmp_path):
+    from PIL import Image
+
+    model = make_model()
+    model.learn(40)
+    path = model.visualize(gym.make("Pendulum-v1"), tmp_path / "wm.gif", steps=12)
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames >= 6

@@ -408,6 +408,16 @@ class DreamerV3(BaseAlgorithm):
         """
         return offline.world_model_loss(self, trajectories, sequence_length, seed)
 
+    def visualize(self, env_or_trajectories: Any, path: Any, **kwargs: Any) -> Any:
+        """Write the world-model triptych GIF (imagined | real | difference); returns its path.
+
+        See :func:`physlink_gym.viz.triptych` for the keyword arguments (``steps``, ``fps``,
+        ``seed``, ``context``, ``dim_names``).
+        """
+        from physlink_gym.viz import triptych
+
+        return triptych(self, env_or_trajectories, path, **kwargs)
+
 
 def _train_tag(key: str) -> str:
     if key.startswith("loss/"):
