@@ -366,6 +366,10 @@ def test_end_to_end_through_invariant_wrapper():
     for _ in range(100):
         *_, info = env.step(env.action_space.sample())
         assert info["physlink"]["valid"], info["physlink"]["residuals"]
+    clone = pickle.loads(pickle.dumps(env))  # as SubprocVecEnv ships it: checks re-bind
+    for _ in range(20):
+        *_, info = clone.step(clone.action_space.sample())
+        assert info["physlink"]["valid"], info["physlink"]["residuals"]
     env.unwrapped.data.qvel[:] = 1e6  # a blow-up between steps
     *_, info = env.step(env.action_space.sample())
     record = info["physlink"]

@@ -137,8 +137,8 @@ class Scratch:
     def summarize(self, qpos: FloatArray, qvel: FloatArray, full: bool = True) -> StateSummary:
         """Energy of the state ``(qpos, qvel)``, and its momentum and geoms when ``full``."""
         m, d, mv = self.model, self.data, self._mv
-        np.copyto(self._qpos, qpos)
-        np.copyto(self._qvel, qvel)
+        mujoco.mju_copy(self._qpos, qpos)
+        mujoco.mju_copy(self._qvel, qvel)
         mujoco.mj_kinematics(m, d)
         mujoco.mj_comPos(m, d)
         if self._tendons:
