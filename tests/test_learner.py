@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from physlink_gym.agents.dreamerv3.behavior import replay_returns
 from physlink_gym.agents.dreamerv3.config import make_config
 from physlink_gym.agents.dreamerv3.learner import LOSS_KEYS, DreamerV3Learner
 from physlink_gym.errors import ValidationError
@@ -268,3 +269,30 @@ def test_bfloat16_compute_runs() -> None:
         torch.randn(2, OBS), learner.initial_state(2), torch.ones(2, dtype=torch.bool)
     )
     assert action.dtype == torch.float32 and state[0].dtype == torch.float32
+
+
+def test_replay_returns_cut_at_episode_ends() -> None:
+    learner = _learner()
+    data = learner.prepare_batch(_batch())  # row 1: terminal at t=6, new episode at t=7
+    boot = torch.randn(B, T)
+    disc, lam = 0.9, 0.8
+    ret, weight = replay_returns(data, boot, disc, lam)
+    r = data["reward"]
+    assert ret.shape == weight.shape == (B, T - 1)
+    assert weight[1, 6] == 0 and weight[1, 5] == 1 and weight[0].eq(1).all()
+    # The step before the terminal one: the reward, and no bootstrap after termination.
+    torch.testing.assert_close(ret[1, 5], r[1, 6])
+    # Two steps before: one lambda step into it.
+    expected = r[1, 5] + disc * ((1 - lam) * boot[1, 5] + lam * ret[1, 5])
+    torch.testing.assert_close(ret[1, 4], expected)
+    # Nothing from the next episode leaks into the returns before the boundary.
+    data2 = dict(data)
+    data2["reward"] = data["reward"].clone()
+    data2["reward"][1, 7:] += 100.0
+    boot2 = boot.clone()
+    boot2[1, 7:] -= 50.0
+    ret2, _ = replay_returns(data2, boot2, disc, lam)
+    torch.testing.assert_close(ret2[1, :6], ret[1, :6])
+    assert not torch.allclose(ret2[1, 7:], ret[1, 7:])
+    # Row 0 has no boundary: the last return is reward plus the discounted bootstrap.
+    torch.testing.assert_close(ret[0, -1], r[0, -1] + disc * boot[0, -1])

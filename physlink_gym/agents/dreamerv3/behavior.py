@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
     from physlink_gym.agents.dreamerv3.rssm import Posterior
 
-__all__ = ["imagination_losses", "masked_mean", "replay_value_loss"]
+__all__ = ["imagination_losses", "masked_mean", "replay_returns", "replay_value_loss"]
 
 Metrics = dict[str, Tensor]
 
@@ -135,41 +135,54 @@ def imagination_losses(
     return losses, metrics, ret
 
 
+@torch.no_grad()
+def replay_returns(
+    data: dict[str, Tensor], boot: Tensor, discount: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Lambda returns over replayed rewards and their loss weights (reference ``repl_loss``).
+
+    ``R_t = r_{t+1} + disc (1 - term_{t+1}) ((1 - lam') boot_{t+1} + lam' R_{t+1})`` with
+    ``lam' = lam (1 - last_{t+1})`` and ``boot`` the imagined return from each replayed state.
+    ``last[t]`` marks the final step of an episode inside the window (the next step starts a new
+    episode or is invalid; the reference reads ``is_last``, which our replay does not store).
+
+    Args:
+        data: The prepared batch (``reward``, ``is_terminal``, ``is_first``, ``valid``).
+        boot: Imagined lambda return of each replayed state [B, T].
+        discount: ``1 - 1/horizon`` (the reference uses it here even with ``contdisc``).
+        lam: Lambda of the replay returns.
+
+    Returns:
+        ``(ret [B, T-1], weight [B, T-1])`` with weight ``valid & ~last``.
+    """
+    valid = data["valid"]
+    last = torch.zeros_like(valid)
+    last[:, :-1] = torch.maximum(data["is_first"][:, 1:], 1.0 - valid[:, 1:])
+    cont = 1.0 - data["is_terminal"]
+    ret = lambda_return(data["reward"], cont, boot, discount, lam, last=last)
+    return ret, (valid * (1.0 - last))[:, :-1]
+
+
 def replay_value_loss(
     m: DreamerV3Learner, feat: Tensor, data: dict[str, Tensor], boot: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Critic loss on replayed states with lambda returns over real rewards (``repl_loss``).
-
-    ``R_t = r_{t+1} + disc (1 - term_{t+1}) ((1 - lam') boot_{t+1} + lam' R_{t+1})`` with
-    ``lam' = lam (1 - last_{t+1})`` and ``boot`` the imagined return from each replayed state;
-    ``last[t]`` marks the final valid step of an episode inside the window (the next step starts
-    a new episode or is invalid). Weight ``valid & ~last``; the last window step is dropped.
+    """Critic loss on replayed states towards :func:`replay_returns` (reference ``repl_loss``).
 
     Args:
         m: The learner.
         feat: Posterior model states [B, T, F] (with gradient when ``repval_grad``).
-        data: The prepared batch (``reward``, ``is_terminal``, ``is_first``, ``valid``).
+        data: The prepared batch.
         boot: Imagined lambda return of each start [B, T], detached.
 
     Returns:
-        ``(loss, replay_return_mean)``: the scalar loss and a metric.
+        ``(loss, replay_return_mean)``: the scalar loss (mean over valid steps but the last
+        window step) and a metric.
     """
     cfg = m.config
-    valid = data["valid"]
-    last = torch.zeros_like(valid)
-    last[:, :-1] = torch.maximum(data["is_first"][:, 1:], 1.0 - valid[:, 1:])
     feat = feat if cfg.repval_grad else feat.detach()
     logits = m.critic(feat[:, :-1])  # [B, T-1, K]
+    ret, weight = replay_returns(data, boot, cfg.discount, cfg.repval_lam)
     with torch.no_grad():
         slow = twohot_mean(m.slow_critic(feat[:, :-1].detach()), m.bins)
-        ret = lambda_return(
-            data["reward"],
-            1.0 - data["is_terminal"],
-            boot,
-            cfg.discount,
-            cfg.repval_lam,
-            last=last,
-        )  # [B, T-1]
-        weight = (valid * (1.0 - last))[:, :-1]
     loss = value_loss(logits, ret, slow, m.bins, weight, cfg.slowreg)
-    return loss.sum() / valid[:, :-1].sum().clamp(min=1.0), masked_mean(ret, weight)
+    return loss.sum() / data["valid"][:, :-1].sum().clamp(min=1.0), masked_mean(ret, weight)
