@@ -5,7 +5,7 @@ For each preset (and torch.compile off/on) it builds a learner for a 17-dim obse
 compilation), then reports the median over ``--updates`` updates of a batch of
 ``--batch x --length`` replayed steps, in wall-clock seconds and process CPU seconds, and the
 median latency of ``policy_step`` for 1 and 16 envs. Results go between the markers of
-``docs/benchmarks/speed.md`` (the rest of that file is left as is).
+``docs/benchmarks/speed.md`` for that thread count (the rest of the file is left as is).
 
 Usage:
     python scripts/bench_speed.py                       # debug, 1m, 12m, xs; compile off and on
@@ -15,10 +15,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
 OBS, ACT = 17, 6
 # sheeprl's DreamerV3 "XS": deter (recurrent state) 256, hidden 256, 32 x 32 latents, MLPs 256.
 EXTRA = {"xs": ("1m", {"deter": 256, "hidden": 256, "classes": 32, "units": 256})}
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+MARKERS = "<!-- results:threads={}:start -->", "<!-- results:threads={}:end -->"
 
 
 def make_batch(batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -111,11 +114,12 @@ def table(rows: list[tuple[str, str, dict[str, float]]], args: argparse.Namespac
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    block = f"{START}\n{text}\n{END}"
-    old = path.read_text() if path.exists() else f"# DreamerV3 update speed\n\n{START}\n{END}\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
+def write(path: Path, text: str, threads: int) -> None:
+    start, end = (m.format(threads) for m in MARKERS)
+    block = f"{start}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# DreamerV3 update speed\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,16 +142,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--policy-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/speed.md"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "name:on|off", prints JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    if args.one:
+        name, comp = args.one.rsplit(":", 1)
+        print(json.dumps(bench_preset(name, comp == "on", args)))
+        return
+    modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.compile]
     load_before = os.getloadavg()
     rows = []
     for name in args.presets:
         for comp in modes:
-            result = bench_preset(name, comp, args)
-            rows.append((name, "on" if comp else "off", result))
-            print(name, "compile" if comp else "eager", {k: round(v, 4) for k, v in result.items()})
+            # A fresh process per row: no shared allocator state, and torch.compile's per-function
+            # recompile limit (8 graphs) is not spent by the earlier rows.
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", f"{name}:{comp}"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            rows.append((name, comp, result))
+            print(name, comp, {k: round(v, 4) for k, v in result.items()}, flush=True)
     load_after = os.getloadavg()
     info = (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
@@ -157,7 +170,7 @@ def main() -> None:
     )
     text = info + "\n\n" + table(rows, args)
     print(text)
-    write(args.out, text)
+    write(args.out, text, args.threads)
 
 
 if __name__ == "__main__":

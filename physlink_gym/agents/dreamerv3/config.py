@@ -120,15 +120,15 @@ class DreamerV3Config:
     # starts each window from it (replay_context: 1); we start every window from the initial
     # state (is_first[:, 0] = True), which needs no stored latents and keeps replay model-free
     actor_unimix: float = 0.01  # the reference config lists policy.unimix 0.01, but its
-    # `categorical` discrete head ignores it (effective 0); the 2023 code's `onehot` head used
-    # it and the paper mixes 1% into every categorical: we keep 1% for Discrete actions
+    # `categorical` discrete head ignores it (effective 0); the 2023 code's `onehot` actor head
+    # applied it: we keep 1% for Discrete actions (0.0 gives the current reference)
     compute_dtype: str = "float32"  # jax.compute_dtype: bfloat16; we compute in float32 (CPU
     # bfloat16 matmuls are slow and imprecise); "bfloat16" runs the forward under autocast
-    compile: bool = True  # torch.compile the RSSM scan steps (no reference counterpart; the
-    # reference jit-compiles everything). On this 2-core CPU it cuts the update's CPU time by
-    # 15-30% (docs/benchmarks/speed.md) for a one-off compile of 1-2 min (about 10 s with
-    # inductor's cache warm); it falls back to eager, with a warning, where compiling fails.
-    # The debug preset turns it off (tests).
+    compile: bool = False  # torch.compile the RSSM scan steps (no reference counterpart; the
+    # reference jit-compiles everything). Measured in-process A/B on this 2-core CPU: -10% CPU
+    # per update at 1m, -8% at the sheeprl-XS size, none at 12m, for a first update of 10 s
+    # (inductor cache warm) to 100 s (cold); off by default for robustness. Falls back to eager,
+    # with a warning, where compiling fails. See docs/benchmarks/speed.md.
     preset: str = field(default="1m")  # the size preset these figures came from (bookkeeping)
 
     def __post_init__(self) -> None:
@@ -172,7 +172,7 @@ class DreamerV3Config:
 
 _SIZES: dict[str, dict[str, Any]] = {
     # Tiny model for tests, after configs.yaml's `debug` preset (sizes shrunk, `.*\.layers: 1`);
-    # it keeps the 255 bins and 8 blocks so every code path has its real shape, and runs eagerly.
+    # it keeps the 255 bins and 8 blocks so every code path has its real shape.
     "debug": dict(
         deter=32,
         hidden=16,
@@ -184,7 +184,6 @@ _SIZES: dict[str, dict[str, Any]] = {
         dec_layers=1,
         actor_layers=1,
         critic_layers=1,
-        compile=False,
     ),
     # configs.yaml `size1m` ... `size200m`: {deter, hidden, classes} and `units`.
     "1m": dict(deter=512, hidden=64, classes=4, units=64),
