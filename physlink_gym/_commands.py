@@ -93,7 +93,14 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, train_ratio=args.train_ratio,
         learning_starts=args.learning_starts,
     )
-    model.learn(args.timesteps, progress_bar=not args.no_progress)
+    # TensorBoard views beyond the scalars: the world-model triptych and the compliance plot,
+    # histograms and hparams, about five times per run.
+    from physlink_gym.viz import ComplianceCallback, TriptychCallback
+
+    every = max(args.timesteps // 5, 1)
+    callbacks = [ComplianceCallback(every_n_steps=every),
+                 TriptychCallback(gym.make(args.env), every, Path(args.logdir) / "triptych")]
+    model.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
     run_dir = Path(model.logger.get_dir() or args.logdir)
     save_path = Path(args.save) if args.save else run_dir / "model.zip"
     model.save(save_path)

@@ -1,0 +1,62 @@
+"""physlink-gym train | evaluate | report: the main job end to end, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from physlink_gym.cli import main
+
+TINY = ["--preset", "debug", "--timesteps", "60", "--learning-starts", "30",
+        "--train-ratio", "256", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("runs")
+    code = main(["train", "--env", "Pendulum-v1", "--logdir", str(logdir), *TINY])
+    return code, logdir
+
+
+def test_train_writes_checkpoint_logs_report_and_triptych(trained, capsys):
+    code, logdir = trained
+    assert code == 0
+    run = logdir / "DreamerV3_1"
+    assert (run / "model.zip").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    report = json.loads((run / "compliance.json").read_text())
+    names = [inv["name"] for inv in report["invariants"]]
+    assert names == ["finite", "action_bounds", "pendulum_energy"]
+    assert (run / "compliance.png").stat().st_size > 0
+    assert list((logdir / "triptych").glob("triptych_*.gif"))
+
+
+def test_evaluate_and_report_read_what_train_wrote(trained, capsys):
+    _, logdir = trained
+    run = logdir / "DreamerV3_1"
+    assert main(["evaluate", str(run / "model.zip"), "--env", "Pendulum-v1",
+                 "--episodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Pendulum-v1: mean return" in out and "over 1 episodes" in out
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "finite: PASS" in out and "pendulum_energy:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["train", "--env", "NoSuchEnv-v9"], 1, "NoSuchEnv-v9"),
+        (["train", "--env", "Pendulum-v1", "--invariants", "finite,warp_drive"], 1,
+         "warp_drive"),
+        (["train", "--env", "Pendulum-v1", "--timesteps", "many"], 2, "many"),
+        (["evaluate", "missing.zip", "--env", "Pendulum-v1"], 1, "missing.zip"),
+        (["report", "/nonexistent/run"], 1, "compliance"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, code, needle, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("physlink-gym: error:")
+    assert needle in err and "Traceback" not in err
