@@ -259,6 +259,9 @@ def test_bad_batch_shapes_raise() -> None:
     del batch["valid"]
     with pytest.raises(ValidationError, match="valid"):
         learner.train_step(batch)
+    short = {k: v[:, :1] for k, v in _batch().items()}
+    with pytest.raises(ValidationError, match="T >= 2"):
+        learner.train_step(short)
 
 
 def test_bfloat16_compute_runs() -> None:

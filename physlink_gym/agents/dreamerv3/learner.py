@@ -270,8 +270,8 @@ class DreamerV3Learner(nn.Module):
                 fix="sample the batch from the DreamerV3 sequence replay",
             )
         obs = batch["obs"]
-        if obs.ndim != 3 or obs.shape[-1] != self.obs_dim:
-            _shape_error("obs", obs, f"[B, T, {self.obs_dim}]")
+        if obs.ndim != 3 or obs.shape[-1] != self.obs_dim or obs.shape[1] < 2:
+            _shape_error("obs", obs, f"[B, T, {self.obs_dim}] with T >= 2")
         bt = tuple(obs.shape[:2])
         shapes = {"action": (*bt, self.action_dim), "reward": bt, "is_first": bt,
                   "is_terminal": bt, "valid": bt}  # fmt: skip
