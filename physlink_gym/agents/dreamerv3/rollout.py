@@ -18,16 +18,14 @@ from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 __all__ = ["EntryWriter", "InvariantStats", "transition_valid"]
 
 
-def transition_valid(info: dict[str, Any], obs: np.ndarray, reward: float) -> bool:
-    """Whether a transition may be trained on.
+def transition_valid(info: dict[str, Any]) -> bool:
+    """Whether :class:`~physlink_gym.InvariantWrapper` left the transition unflagged.
 
-    False when :class:`~physlink_gym.InvariantWrapper` flagged it, and also when the observation
-    or reward is not finite (so a NaN can never reach a loss, wrapped or not).
+    Non-finite observations, actions and rewards need no check here: the replay stores those
+    entries as invalid itself (vectorised, in ``SequenceReplay.add``), wrapped env or not.
     """
     record = info.get("physlink")
-    if isinstance(record, dict) and not record.get("valid", True):
-        return False
-    return bool(np.isfinite(reward)) and bool(np.all(np.isfinite(obs)))
+    return not (isinstance(record, dict) and not record.get("valid", True))
 
 
 class EntryWriter:
@@ -75,7 +73,7 @@ class EntryWriter:
                 next_obs[i] = final.reshape(-1)
             is_terminal[i] = not info.get("TimeLimit.truncated", False)
         for j in range(n):
-            valid[j] = transition_valid(infos[j], next_obs[j], float(raw_rew[j]))
+            valid[j] = transition_valid(infos[j])
         self.replay.add(next_obs, np.asarray(actions, np.float32).reshape(n, -1),
                         raw_rew.reshape(n), np.zeros(n, bool), is_terminal, valid)
         for i in ended:
