@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
@@ -21,6 +24,7 @@ __all__ = [
     "ConfigurationError",
     "PhysLinkError",
     "ValidationError",
+    "check_int",
     "format_message",
 ]
 
@@ -98,3 +102,23 @@ class CheckpointVersionError(CheckpointError):
 
 def _major_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Return ``value`` as an int, or raise ConfigurationError (bools are not ints).
+
+    Example:
+        >>> check_int("batch_size", 16, minimum=1)
+        16
+        >>> check_int("batch_size", True, minimum=1)
+        Traceback (most recent call last):
+        ...
+        physlink_gym.errors.ConfigurationError: Got: batch_size=True. Expected: an int >= 1. \
+Fix: pass batch_size as a whole number >= 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigurationError(
+            got=f"{name}={value!r}", expected=f"an int >= {minimum}",
+            fix=f"pass {name} as a whole number >= {minimum}",
+        )
+    return int(value)

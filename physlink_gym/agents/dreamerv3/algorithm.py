@@ -39,7 +39,7 @@ from physlink_gym.agents.dreamerv3.config import DreamerV3Config, make_config
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
-from physlink_gym.errors import ConfigurationError
+from physlink_gym.errors import check_int
 
 if TYPE_CHECKING:
     from physlink_gym.data.trajectories import Trajectories
@@ -119,8 +119,8 @@ class DreamerV3(BaseAlgorithm):
             monitor_wrapper=monitor_wrapper, seed=seed,
             supported_action_spaces=(spaces.Box, spaces.Discrete),
         )
-        self.learning_starts = _check_int("learning_starts", learning_starts, minimum=0)
-        self.buffer_size = _check_int("buffer_size", buffer_size, minimum=1)
+        self.learning_starts = check_int("learning_starts", learning_starts, minimum=0)
+        self.buffer_size = check_int("buffer_size", buffer_size, minimum=1)
         self.replay_buffer: SequenceReplay | None = None
         self._policy_state: tuple[torch.Tensor, ...] | None = None
         self._update_credit = 0.0
@@ -207,7 +207,7 @@ class DreamerV3(BaseAlgorithm):
         Returns:
             The trained model (``self``).
         """
-        _check_int("total_timesteps", total_timesteps, minimum=0)
+        check_int("total_timesteps", total_timesteps, minimum=0)
         env_resets = reset_num_timesteps or self._last_obs is None  # _setup_learn resets then
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
@@ -429,12 +429,3 @@ def _overrides(policy_kwargs: dict[str, Any] | None, **explicit: Any) -> dict[st
     overrides = dict(policy_kwargs or {})
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     return overrides
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigurationError(
-            got=f"{name}={value!r}", expected=f"an int >= {minimum}",
-            fix=f"pass {name} as a whole number >= {minimum}",
-        )
-    return int(value)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.utils import configure_logger
 
-from physlink_gym.errors import ValidationError
+from physlink_gym.errors import ValidationError, check_int
 
 if TYPE_CHECKING:
     from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
@@ -83,10 +83,8 @@ def fit(
     log_interval: int = 100,
 ) -> None:
     """Implementation of :meth:`DreamerV3.fit` (see there)."""
-    from physlink_gym.agents.dreamerv3.algorithm import _check_int
-
-    _check_int("gradient_steps", gradient_steps, minimum=0)
-    _check_int("log_interval", log_interval, minimum=1)
+    check_int("gradient_steps", gradient_steps, minimum=0)
+    check_int("log_interval", log_interval, minimum=1)
     _load_into_replay(model, data)
     assert model.replay_buffer is not None
     length = sequence_length or model.config.batch_length

@@ -45,7 +45,12 @@ import numpy as np
 
 from physlink_gym._version import __version__
 from physlink_gym.checkpoint import atomic_write, write_npz
-from physlink_gym.errors import CheckpointCorruptError, ConfigurationError, ValidationError
+from physlink_gym.errors import (
+    CheckpointCorruptError,
+    ConfigurationError,
+    ValidationError,
+    check_int,
+)
 
 __all__ = ["FIELDS", "SequenceReplay"]
 
@@ -53,14 +58,6 @@ __all__ = ["FIELDS", "SequenceReplay"]
 FIELDS = ("obs", "action", "reward", "is_first", "is_terminal", "valid")
 _FORMAT_VERSION = 1
 _CHUNK = 16 * 1024**2
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigurationError(
-            got=f"{name}={value!r}", expected=f"an int >= {minimum}", fix=f"pass {name}={minimum}"
-        )
-    return int(value)
 
 
 class SequenceReplay:
@@ -77,10 +74,10 @@ class SequenceReplay:
     def __init__(
         self, capacity: int, n_envs: int, obs_dim: int, action_dim: int, seed: int | None = None
     ) -> None:
-        self.capacity = _check_int("capacity", capacity, 1)
-        self.n_envs = _check_int("n_envs", n_envs, 1)
-        self.obs_dim = _check_int("obs_dim", obs_dim, 1)
-        self.action_dim = _check_int("action_dim", action_dim, 1)
+        self.capacity = check_int("capacity", capacity, minimum=1)
+        self.n_envs = check_int("n_envs", n_envs, minimum=1)
+        self.obs_dim = check_int("obs_dim", obs_dim, minimum=1)
+        self.action_dim = check_int("action_dim", action_dim, minimum=1)
         self.per_env = self.capacity // self.n_envs
         if self.per_env < 1:
             raise ConfigurationError(
@@ -171,7 +168,7 @@ class SequenceReplay:
                 got=f"entries without {missing}", expected=f"the keys {list(FIELDS)}",
                 fix="pass a dict with every entry field (valid may be omitted)",
             )  # fmt: skip
-        env = _check_int("env_index", env_index, 0)
+        env = check_int("env_index", env_index, minimum=0)
         if env >= self.n_envs:
             raise ValidationError(
                 got=f"env_index={env_index}", expected=f"0 <= env_index < {self.n_envs}",
@@ -218,8 +215,8 @@ class SequenceReplay:
         Raises:
             ValidationError: No env stream holds ``length`` entries yet.
         """
-        batch_size = _check_int("batch_size", batch_size, 1)
-        length = _check_int("length", length, 1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        length = check_int("length", length, minimum=1)
         if not self.can_sample(length):
             raise ValidationError(
                 got=f"a request for windows of length {length} with at most "
