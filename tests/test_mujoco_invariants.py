@@ -156,6 +156,17 @@ def test_sim_health_bad_ctrl_counts_one():
     assert env.data.warning[mujoco.mjtWarning.mjWARN_BADCTRL].number == 1
 
 
+def test_sim_health_ignores_warnings_that_are_not_bad_state():
+    env = ball()
+    check = start(env, sim_health().bind(env))
+    warn = mujoco.mjtWarning
+    env.data.warning[warn.mjWARN_CONTACTFULL].number += 3  # a capacity warning, not a bad state
+    assert hooked_step(env, [check])[0] == [0.0]
+    env.data.warning[warn.mjWARN_CONTACTFULL].number += 1
+    env.data.warning[warn.mjWARN_BADQACC].number += 2  # with it, a bad-state count of 2
+    assert hooked_step(env, [check])[0] == [2.0]
+
+
 def test_kinematics_exact_for_one_euler_substep_and_flags_teleport():
     env = ball()
     env.data.qvel[:] = [1.0, -2.0, 3.0, 5.0, -4.0, 2.0]  # tumbling: quaternion path

@@ -123,7 +123,8 @@ class _SimHealth(MjCheck):
     def _read(self, data: Any) -> list[int]:
         if data is not self._data:  # a view on the warning counters, made once per MjData
             self._data, self._number = data, data.warning.number
-        counts: list[int] = self._number[_BAD].tolist()
+        # Every counter (one C-level copy); only the _BAD ones enter the residual.
+        counts: list[int] = self._number.tolist()
         return counts
 
     def on_reset(self, env: Any, obs: Any) -> None:
@@ -140,7 +141,7 @@ class _SimHealth(MjCheck):
         if after == before and time > start:
             return 0.0
         residual = 0.0 if time > start else 1.0
-        for b, a in zip(before, after, strict=True):
+        for b, a in zip(before[_BAD], after[_BAD], strict=True):
             residual += a - b if a > b else (1.0 if a < b else 0.0)
         return residual
 
