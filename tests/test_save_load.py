@@ -179,3 +179,28 @@ def test_replay_buffer_round_trip_is_npz_and_refuses_other_shapes(saved, tmp_pat
     (tmp_path / "junk.pkl").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointCorruptError):
         fresh.load_replay_buffer(tmp_path / "junk.pkl")
+
+
+def test_custom_objects_replace_only_stored_keys_like_sb3(saved, tmp_path):
+    model, path = saved
+    # What rl_zoo3 enjoy passes, plus a key no checkpoint stores.
+    zoo_objects = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0,
+                   "clip_range": lambda _: 0.0, "not_an_attribute": 1}
+    loaded = DreamerV3.load(path, custom_objects=zoo_objects)
+    assert loaded.learning_rate == 0.0 and loaded.lr_schedule(1.0) == 0.0
+    assert not hasattr(loaded, "clip_range") and not hasattr(loaded, "not_an_attribute")
+    assert loaded.config.lr == model.config.lr > 0  # the validated config is untouched
+    obs = np.zeros((1, 3), np.float32)
+    action, state = loaded.predict(obs, deterministic=True)
+    again, _ = loaded.predict(obs, state=state, deterministic=True)
+    assert action.shape == again.shape == (1, 1)
+    # The spaces are stored too, so they can be replaced (SB3 allows it for other obs bounds).
+    wide = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
+    widened = DreamerV3.load(path, custom_objects={"observation_space": wide})
+    assert widened.observation_space == wide
+    # An explicit learning rate is a config override (lr > 0 is validated); loading with the
+    # zoo's learning_rate=0.0 keeps it and only zeroes the rate used for further updates.
+    tuned = DreamerV3("MlpPolicy", "Pendulum-v1", **{**NO_UPDATES, "learning_rate": 1e-4})
+    tuned.save(tmp_path / "tuned")
+    loaded = DreamerV3.load(tmp_path / "tuned", custom_objects=zoo_objects)
+    assert loaded.config.lr == 1e-4 and loaded.learning_rate == 0.0

@@ -188,7 +188,15 @@ def load_model(
     cls: type[M], path: Any, *, env: Any = None, device: torch.device | str = "auto",
     custom_objects: dict[str, Any] | None = None, force_reset: bool = True, **kwargs: Any,
 ) -> M:
-    """Rebuild a model from a checkpoint; ``custom_objects`` replace stored attributes."""
+    """Rebuild a model from a checkpoint.
+
+    ``custom_objects`` follow SB3's ``load``: a key replaces the value stored in the checkpoint
+    (an attribute, or ``observation_space`` / ``action_space``) and a key the checkpoint does
+    not store is ignored. The RL Zoo's ``enjoy`` passes ``learning_rate=0.0`` (stored: it only
+    sets the optimiser's rate for further updates) and ``lr_schedule`` and ``clip_range`` (not
+    stored: ignored; ``lr_schedule`` is rebuilt from ``learning_rate``). The config, including
+    a stored ``lr`` override, is not an attribute and keeps its validated values.
+    """
     params, metadata = _read(path)
     resume = params.pop(_RESUME, {})
     if metadata.get("class") != cls.__name__:
@@ -197,10 +205,13 @@ def load_model(
             expected=f"a checkpoint written by {cls.__name__}.save()",
             fix=f"load it with {metadata.get('class')}.load()",
         )
-    obs_space = space_from_json(metadata["observation_space"])
-    act_space = space_from_json(metadata["action_space"])
-    data = dict(metadata["data"])
-    data.update(custom_objects or {})
+    data = {
+        **metadata["data"],
+        "observation_space": space_from_json(metadata["observation_space"]),
+        "action_space": space_from_json(metadata["action_space"]),
+    }
+    data.update({k: v for k, v in (custom_objects or {}).items() if k in data})
+    obs_space, act_space = data.pop("observation_space"), data.pop("action_space")
     if env is not None:
         env = cls._wrap_env(env, data.get("verbose", 0))
         try:
