@@ -17,11 +17,6 @@ downloaded SB3 agents only). Every other argument goes to the zoo unchanged, e.g
 threads DreamerV3's recurrent state through ``predict`` like the zoo's RecurrentPPO.
 
 From Python, call :func:`register` before ``rl_zoo3.train.train()`` or ``rl_zoo3.enjoy.enjoy()``.
-
-Note:
-    Give the learning rate as ``policy_kwargs:"dict(lr=1e-4)"``, not ``learning_rate:1e-4``:
-    the zoo turns ``learning_rate`` into a schedule object, and DreamerV3 takes a float (its
-    warm-up is part of the optimiser).
 """
 
 from __future__ import annotations
@@ -170,20 +165,6 @@ def _with_defaults(command: str, args: list[str]) -> list[str]:
     return defaults + args
 
 
-def _check_learning_rate(args: Sequence[str]) -> None:
-    """Refuse ``--hyperparams learning_rate:...``, which the zoo would pass as a schedule."""
-    in_hyperparams = False
-    for arg in args:
-        if arg.startswith("-") and not arg[1:2].isdigit():
-            in_hyperparams = arg in ("-params", "--hyperparams")
-        elif in_hyperparams and arg.startswith("learning_rate:"):
-            raise ConfigurationError(
-                got=f"--hyperparams {arg}",
-                expected="the learning rate as a DreamerV3 config field, which takes a float",
-                fix="""pass --hyperparams policy_kwargs:"dict(lr=1e-4)" instead""",
-            )
-
-
 def _error(message: str, code: int) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
@@ -224,7 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{PROG} train --env Pendulum-v1", 2)
     command, rest = args[0], args[1:]
     try:
-        _check_learning_rate(rest)
         register()
         return _run_zoo(command, _with_defaults(command, rest))
     except PhysLinkError as exc:

@@ -14,7 +14,11 @@ import torch
 
 from physlink_gym import DreamerV3, PhysLinkError
 from physlink_gym import checkpoint as checkpoint_module
-from physlink_gym.errors import CheckpointCorruptError, CheckpointVersionError
+from physlink_gym.errors import (
+    CheckpointCorruptError,
+    CheckpointVersionError,
+    ConfigurationError,
+)
 
 NO_UPDATES = dict(
     preset="debug", learning_starts=10**6, batch_size=4, sequence_length=16, train_ratio=64,
@@ -204,3 +208,15 @@ def test_custom_objects_replace_only_stored_keys_like_sb3(saved, tmp_path):
     tuned.save(tmp_path / "tuned")
     loaded = DreamerV3.load(tmp_path / "tuned", custom_objects=zoo_objects)
     assert loaded.config.lr == 1e-4 and loaded.learning_rate == 0.0
+
+
+def test_load_kwargs_that_are_config_fields_change_the_config(saved):
+    _, path = saved
+    loaded = DreamerV3.load(path, train_ratio=8, batch_size=3, sequence_length=12,
+                            learning_rate=2e-4, policy_kwargs={"imag_horizon": 5})
+    cfg = loaded.config
+    assert (cfg.train_ratio, cfg.batch_size, cfg.batch_length, cfg.lr, cfg.imag_horizon) == (
+        8, 3, 12, 2e-4, 5)
+    assert loaded.learning_rate == 2e-4 and "train_ratio" not in vars(loaded)
+    with pytest.raises(ConfigurationError, match=r"in the checkpoint.*with these arguments"):
+        DreamerV3.load(path, preset="1m")

@@ -229,3 +229,22 @@ def test_deterministic_predict_is_exactly_repeatable():
     np.testing.assert_array_equal(action_a, action_b)
     for x, y in zip(state_a, state_b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_learning_rate_schedule_sets_the_rate_and_is_saved_as_its_value(tmp_path):
+    from stable_baselines3.common.utils import LinearSchedule
+
+    from physlink_gym.errors import ConfigurationError
+
+    model = make_model(learning_rate=LinearSchedule(1e-3, 1e-4, 1.0), learning_starts=40,
+                       train_ratio=16, batch_size=2, sequence_length=8)
+    assert model.config.lr == pytest.approx(1e-3)  # the config records the start
+    model.learn(80)
+    assert model._n_updates > 0
+    rates = [g["lr"] for g in model.policy.optimizer.param_groups]
+    assert rates == pytest.approx([1e-4] * len(rates))  # progress 0 at the end: the end value
+    model.save(tmp_path / "m")
+    loaded = DreamerV3.load(tmp_path / "m")
+    assert loaded.learning_rate == pytest.approx(1e-4)  # JSON holds the value, not the code
+    with pytest.raises(ConfigurationError, match=r"fails at progress 1\.0"):
+        make_model(learning_rate=lambda: 1e-3)

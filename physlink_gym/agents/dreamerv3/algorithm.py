@@ -31,7 +31,7 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
 
 from physlink_gym.agents.dreamerv3 import offline, persistence
@@ -39,7 +39,7 @@ from physlink_gym.agents.dreamerv3.config import DreamerV3Config, make_config
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
-from physlink_gym.errors import check_int
+from physlink_gym.errors import ConfigurationError, check_int
 
 if TYPE_CHECKING:
     from physlink_gym.data.trajectories import Trajectories
@@ -57,7 +57,10 @@ class DreamerV3(BaseAlgorithm):
         env: A Gymnasium env, an env id, or a VecEnv (``n_envs >= 1``).
         preset: Model size: ``"debug"``, ``"1m"`` (default), ``"12m"``, ``"25m"``, ``"50m"``,
             ``"200m"`` (see :func:`~physlink_gym.agents.dreamerv3.config.make_config`).
-        learning_rate: LaProp learning rate; ``None`` keeps the preset's (4e-5, reference).
+        learning_rate: LaProp learning rate, a float or an SB3 schedule (a callable of the
+            remaining progress, 1 → 0, as in SB3); ``None`` keeps the preset's (4e-5,
+            reference). The warm-up ramp of the config applies on top of either. A checkpoint
+            stores a schedule's value at save time (JSON holds no code).
         train_ratio: Replayed steps per env step; ``None`` keeps the preset's.
         batch_size: Sequences per update; ``None`` keeps the preset's (16).
         sequence_length: Steps per sequence; ``None`` keeps the preset's (64).
@@ -91,7 +94,7 @@ class DreamerV3(BaseAlgorithm):
         env: GymEnv | str | None,
         *,
         preset: str = "1m",
-        learning_rate: float | None = None,
+        learning_rate: float | Schedule | None = None,
         train_ratio: float | None = None,
         batch_size: int | None = None,
         sequence_length: int | None = None,
@@ -107,13 +110,17 @@ class DreamerV3(BaseAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         self.preset = preset
+        schedule = learning_rate if callable(learning_rate) else None
         self.config_overrides = _overrides(
-            policy_kwargs, lr=learning_rate, train_ratio=train_ratio, batch_size=batch_size,
-            batch_length=sequence_length,
+            policy_kwargs, lr=None if schedule else learning_rate, train_ratio=train_ratio,
+            batch_size=batch_size, batch_length=sequence_length,
         )
         config = make_config(preset, **self.config_overrides)  # validates early
+        if schedule is not None:  # the config records (and checks) the schedule's start
+            self.config_overrides["lr"] = _schedule_start(schedule)
+            make_config(preset, **self.config_overrides)
         super().__init__(
-            policy, env, learning_rate=config.lr, policy_kwargs=policy_kwargs,
+            policy, env, learning_rate=schedule or config.lr, policy_kwargs=policy_kwargs,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
             verbose=verbose, device=device, support_multi_env=True,
             monitor_wrapper=monitor_wrapper, seed=seed,
@@ -423,6 +430,20 @@ def _train_tag(key: str) -> str:
     if key.startswith("loss/"):
         return f"train/{key[5:]}_loss"
     return "train/" + key.replace("/", "_")
+
+
+def _schedule_start(schedule: Schedule) -> float:
+    try:
+        value = schedule(1.0)
+        return float(value)
+    except Exception as exc:
+        raise ConfigurationError(
+            got=f"learning_rate={schedule!r}, which fails at progress 1.0 ({exc})",
+            expected="a float, or a schedule: a callable of the remaining progress (1 → 0) "
+            "returning a float",
+            fix="pass learning_rate=4e-5, or e.g. stable_baselines3.common.utils."
+            "LinearSchedule(4e-5, 1e-5, 1.0)",
+        ) from None
 
 
 def _overrides(policy_kwargs: dict[str, Any] | None, **explicit: Any) -> dict[str, Any]:

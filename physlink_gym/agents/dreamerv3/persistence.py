@@ -109,6 +109,33 @@ def _json_data(model: DreamerV3, exclude: Any, include: Any) -> dict[str, Any]:
     return data
 
 
+def _schedule_value(model: DreamerV3) -> dict[str, Any]:
+    # A learning-rate schedule is code, which JSON does not hold: store its value now.
+    if not callable(model.learning_rate):
+        return {}
+    return {"learning_rate": float(model.lr_schedule(model._current_progress_remaining))}
+
+
+# Constructor arguments that live in the config: ``load(path, train_ratio=...)`` routes them
+# into the overrides, as ``DreamerV3(..., train_ratio=...)`` would (not into a dead attribute).
+_CONFIG_ARGS = {"train_ratio": "train_ratio", "batch_size": "batch_size",
+                "sequence_length": "batch_length"}
+
+
+def _route_config_kwargs(data: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    overrides = dict(data.get("config_overrides") or {})
+    for key in [k for k in kwargs if k in _CONFIG_ARGS or k == "policy_kwargs"]:
+        value = kwargs.pop(key)
+        if key == "policy_kwargs":
+            overrides.update(value or {})
+        elif value is not None:
+            overrides[_CONFIG_ARGS[key]] = value
+    lr = kwargs.get("learning_rate")
+    if lr is not None and not callable(lr):
+        overrides["lr"] = lr  # and the attribute, set from kwargs
+    data["config_overrides"] = overrides
+
+
 def _suffixed(path: Any) -> pathlib.Path:
     target = pathlib.Path(path)
     return target if target.suffix else target.with_suffix(".zip")
@@ -157,7 +184,7 @@ def save_model(model: DreamerV3, path: Any, exclude: Any = None, include: Any = 
         "config": dataclasses.asdict(model.config),
         "observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
-        "data": _json_data(model, exclude, include),
+        "data": _json_data(model, exclude, include) | _schedule_value(model),
         "params": skeleton,
     }
     save_checkpoint(_suffixed(path), tensors, metadata)
@@ -223,14 +250,29 @@ def load_model(
                 fix="pass an env of the same task the model was trained on",
             ) from None
         data["n_envs"] = env.num_envs
-    model = cls("MlpPolicy", env=env, device=device, preset=data.get("preset", "1m"),
-                policy_kwargs=data.get("config_overrides"), _init_setup_model=False)
+    _route_config_kwargs(data, kwargs)
+    preset = kwargs.pop("preset", data.get("preset", "1m"))
+    model = cls("MlpPolicy", env=env, device=device, preset=preset,
+                policy_kwargs=data["config_overrides"], _init_setup_model=False)
     model.__dict__.update(data)
     model.__dict__.update(kwargs)
+    model.preset = preset
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()
-    set_parameters(model, params, exact_match=True)
+    try:
+        set_parameters(model, params, exact_match=True)
+    except RuntimeError:  # torch's size mismatch: another preset or size override
+        ours = model.policy.state_dict()
+        name, shape = next((k, tuple(v.shape)) for k, v in params["policy"].items()
+                           if k in ours and tuple(ours[k].shape) != tuple(v.shape))
+        raise ConfigurationError(
+            got=f"load() arguments that change the network ({name}: {shape} in the "
+            f"checkpoint, {tuple(ours[name].shape)} with these arguments)",
+            expected="the checkpoint's network sizes (preset "
+            f"{data.get('preset')!r}, overrides {metadata['data'].get('config_overrides')})",
+            fix="load without preset= or size overrides; to change sizes, train a new model",
+        ) from None
     model._last_obs = None
     _restore_resume(model, resume, stream=env is not None and not force_reset)
     return model
