@@ -6,6 +6,11 @@ seed. SAC uses SB3's default hyperparameters. The script prints a table and writ
 
     python scripts/bench_learning.py --steps 5000 --seeds 0 1 2
     python scripts/bench_learning.py --steps 2000 --seeds 0 --preset debug   # quick look
+
+``--jobs DreamerV3:1 SAC:0 ...`` runs only those (algo, seed) pairs, and ``--include
+earlier/learning.json`` adds the results of an earlier run with the same settings to the
+report (it refuses one with other settings), so the seeds of one benchmark can be spread over
+two invocations when the cores are busy.
 """
 
 from __future__ import annotations
@@ -104,7 +109,8 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
     fig.savefig(out.with_suffix(".png"), dpi=120)
     lines = [
         "# Learning: DreamerV3 vs SB3 SAC on Pendulum-v1", "",
-        f"Command: `python scripts/bench_learning.py {opts['argv']}`", "",
+        "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"
+                                    for c in opts["argv"].split(" && ")), "",
         f"DreamerV3 preset `{opts['preset']}`, train_ratio {opts['train_ratio']}, "
         f"learning_starts {opts['learning_starts']}, overrides {opts['overrides'] or 'none'}; "
         "SAC with SB3 defaults. Evaluation: 10 deterministic episodes every "
@@ -137,6 +143,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/benchmarks/learning")
+    p.add_argument("--jobs", nargs="+", default=None, metavar="ALGO:SEED",
+                   help="run only these pairs instead of every algo for every seed")
+    p.add_argument("--include", action="append", default=[], metavar="JSON",
+                   help="results of an earlier run with the same settings, to report with")
     a = p.parse_args()
     import sys
 
@@ -144,13 +154,26 @@ def main() -> None:
     opts = {"steps": a.steps, "eval_every": a.eval_every, "preset": a.preset,
             "train_ratio": a.train_ratio, "learning_starts": a.learning_starts,
             "overrides": overrides, "threads": a.threads, "argv": " ".join(sys.argv[1:])}
-    jobs = [(algo, seed, opts) for seed in a.seeds for algo in a.algos]
+    if a.jobs:
+        pairs = [(j.split(":")[0], int(j.split(":")[1])) for j in a.jobs]
+    else:
+        pairs = [(algo, seed) for seed in a.seeds for algo in a.algos]
+    jobs = [(algo, seed, opts) for algo, seed in pairs]
     ctx = mp.get_context("spawn")
     with ctx.Pool(a.workers) as pool:
         results = pool.map(run_one, jobs, chunksize=1)
+    for r in results:
+        r["opts"] = {k: v for k, v in opts.items() if k != "argv"}
+        r["argv"] = opts["argv"]
+    for path in a.include:
+        for r in json.loads(Path(path).read_text()):
+            if r.get("opts") != results[0]["opts"]:
+                raise SystemExit(f"{path}: other settings ({r.get('opts')}); not merged")
+            results.append(r)
+    opts["argv"] = " && ".join(dict.fromkeys([r["argv"] for r in results]))
     results.sort(key=lambda r: (r["algo"], r["seed"]))
     write_report(results, opts, Path(a.out))
-    for algo in a.algos:
+    for algo in sorted({r["algo"] for r in results}):
         rs = [r for r in results if r["algo"] == algo]
         reach = [first_reaching(r["curve"], TARGET) for r in rs]
         print(f"{algo}: first step >= {TARGET}: {reach}; "
