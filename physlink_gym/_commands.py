@@ -91,7 +91,7 @@ def train(args: argparse.Namespace) -> int:
     model = DreamerV3(
         "MlpPolicy", venv, preset=args.preset, tensorboard_log=args.logdir, verbose=1,
         seed=args.seed, device=args.device, train_ratio=args.train_ratio,
-        learning_starts=args.learning_starts,
+        learning_starts=args.learning_starts, policy_kwargs=dict(args.config) or None,
     )
     # TensorBoard views beyond the scalars: the world-model triptych and the compliance plot,
     # histograms and hparams, about five times per run.

@@ -86,6 +86,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _config_item(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value  # a bare string, e.g. --set compute_dtype=bfloat16
+    return key.strip(), parsed
+
+
 def _add_train_parser(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="wrap an env with invariants and train DreamerV3 (TensorBoard logs)",
@@ -106,6 +117,10 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
     parser.add_argument("--train-ratio", type=float, default=None,
                         help="replayed steps per env step (default: the preset's)")
     parser.add_argument("--learning-starts", type=int, default=1024, metavar="N")
+    parser.add_argument("--set", dest="config", type=_config_item, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a DreamerV3 config field (value as JSON), repeatable; "
+                        "e.g. --set lr=3e-4 --set warmup=100")
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="checkpoint path (default: <run folder>/model.zip)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

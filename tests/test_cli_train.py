@@ -15,7 +15,8 @@ TINY = ["--preset", "debug", "--timesteps", "60", "--learning-starts", "30",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("runs")
-    code = main(["train", "--env", "Pendulum-v1", "--logdir", str(logdir), *TINY])
+    code = main(["train", "--env", "Pendulum-v1", "--logdir", str(logdir), *TINY,
+                 "--set", "warmup=7", "--set", "lr=0.001"])
     return code, logdir
 
 
@@ -30,6 +31,14 @@ def test_train_writes_checkpoint_logs_report_and_triptych(trained, capsys):
     assert names == ["finite", "action_bounds", "pendulum_energy"]
     assert (run / "compliance.png").stat().st_size > 0
     assert list((logdir / "triptych").glob("triptych_*.gif"))
+
+
+def test_train_set_overrides_reach_the_saved_config(trained):
+    from physlink_gym import DreamerV3
+
+    _, logdir = trained
+    config = DreamerV3.load(logdir / "DreamerV3_1" / "model.zip").config
+    assert (config.warmup, config.lr) == (7, 0.001)
 
 
 def test_evaluate_and_report_read_what_train_wrote(trained, capsys):
@@ -53,6 +62,8 @@ def test_evaluate_and_report_read_what_train_wrote(trained, capsys):
         (["train", "--env", "Pendulum-v1", "--timesteps", "many"], 2, "many"),
         (["evaluate", "missing.zip", "--env", "Pendulum-v1"], 1, "missing.zip"),
         (["report", "/nonexistent/run"], 1, "compliance"),
+        (["train", "--env", "Pendulum-v1", "--set", "warp_factor=9"], 1, "warp_factor"),
+        (["train", "--env", "Pendulum-v1", "--set", "warmup"], 2, "KEY=VALUE"),
     ],
 )
 def test_bad_input_is_one_clear_line(argv, code, needle, capsys):
