@@ -170,7 +170,9 @@ def main() -> None:
             if r.get("opts") != results[0]["opts"]:
                 raise SystemExit(f"{path}: other settings ({r.get('opts')}); not merged")
             results.append(r)
-    opts["argv"] = " && ".join(dict.fromkeys([r["argv"] for r in results]))
+    # the commands in the order they ran: included (earlier) runs first
+    opts["argv"] = " && ".join(dict.fromkeys([r["argv"] for r in results[len(jobs):]]
+                                             + [r["argv"] for r in results[:len(jobs)]]))
     results.sort(key=lambda r: (r["algo"], r["seed"]))
     write_report(results, opts, Path(a.out))
     for algo in sorted({r["algo"] for r in results}):
