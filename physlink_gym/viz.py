@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,7 @@ class TriptychCallback(BaseCallback):
             gif.seek(gif.n_frames - 1)
             still = np.asarray(gif.convert("RGB"))
         self.logger.record("world_model/triptych", Image(still, "HWC"), exclude=_NOT_TEXT)
-        self.logger.dump(self.num_timesteps)
+        _dump(self.logger, self.num_timesteps)
         self.paths.append(path)
         if self.verbose:
             print(f"triptych: {path}")
@@ -364,7 +365,7 @@ class ComplianceCallback(BaseCallback):
         if report is None or self._last != self.num_timesteps:
             report = self.log_report(dump=False)
         self._log_hparams(report)
-        self.logger.dump(self.num_timesteps)
+        _dump(self.logger, self.num_timesteps)
         if self.verbose and report is not None:
             print(report.summary())
 
@@ -397,7 +398,7 @@ class ComplianceCallback(BaseCallback):
                            exclude=_NOT_TEXT)  # fmt: skip
         plt.close(fig)
         if dump:
-            self.logger.dump(self.num_timesteps)
+            _dump(self.logger, self.num_timesteps)
         return report
 
     def _log_hparams(self, report: Any) -> None:
@@ -410,3 +411,15 @@ class ComplianceCallback(BaseCallback):
         for tag, value in metrics.items():
             self.logger.record(tag, value)
         self.logger.record("hparams", HParam(hparams_of(model), metrics), exclude=_NOT_TEXT)
+
+
+def _dump(logger: Any, step: int) -> None:
+    """``logger.dump(step)`` without SB3's warning when stdout gets nothing.
+
+    Images, histograms and hparams are excluded from the stdout table; when a dump holds only
+    those, SB3's stdout writer warns "Tried to write empty key-value dict", which says nothing
+    wrong to a user (TensorBoard still receives them).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tried to write empty key-value dict")
+        logger.dump(step)

@@ -159,3 +159,22 @@ def test_compliance_callback_logs_rates_histograms_plot_and_hparams(run: dict[st
     assert report.steps == TIMESTEPS and report["speed"].checked == TIMESTEPS
     rate = acc.Scalars("compliance/speed/violation_rate")[-1].value
     assert rate == pytest.approx(report["speed"].violation_rate)
+
+
+def test_image_only_dumps_do_not_warn_on_a_stdout_logger(run: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    import warnings
+
+    from stable_baselines3.common.logger import configure
+
+    model = run["model"]
+    previous = model.logger
+    model.set_logger(configure(str(tmp_path), ["stdout"]))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run["tri"].write()  # records only an image, which stdout excludes
+            run["comp"].log_report()
+    finally:
+        model.set_logger(previous)
+    assert not [w for w in caught if "empty key-value" in str(w.message)]
