@@ -220,3 +220,5 @@ def test_load_kwargs_that_are_config_fields_change_the_config(saved):
     assert loaded.learning_rate == 2e-4 and "train_ratio" not in vars(loaded)
     with pytest.raises(ConfigurationError, match=r"in the checkpoint.*with these arguments"):
         DreamerV3.load(path, preset="1m")
+    with pytest.raises(ConfigurationError, match="in only one of the checkpoint"):
+        DreamerV3.load(path, policy_kwargs={"enc_layers": 3})  # more layers: new keys

@@ -262,13 +262,9 @@ def load_model(
     model._setup_model()
     try:
         set_parameters(model, params, exact_match=True)
-    except RuntimeError:  # torch's size mismatch: another preset or size override
-        ours = model.policy.state_dict()
-        name, shape = next((k, tuple(v.shape)) for k, v in params["policy"].items()
-                           if k in ours and tuple(ours[k].shape) != tuple(v.shape))
+    except RuntimeError:  # torch's size or key mismatch: another preset or size override
         raise ConfigurationError(
-            got=f"load() arguments that change the network ({name}: {shape} in the "
-            f"checkpoint, {tuple(ours[name].shape)} with these arguments)",
+            got=f"load() arguments that change the network ({_first_difference(model, params)})",
             expected="the checkpoint's network sizes (preset "
             f"{data.get('preset')!r}, overrides {metadata['data'].get('config_overrides')})",
             fix="load without preset= or size overrides; to change sizes, train a new model",
@@ -276,6 +272,16 @@ def load_model(
     model._last_obs = None
     _restore_resume(model, resume, stream=env is not None and not force_reset)
     return model
+
+
+def _first_difference(model: DreamerV3, params: dict[str, Any]) -> str:
+    ours, theirs = model.policy.state_dict(), params.get("policy", {})
+    for key, value in theirs.items():
+        if key in ours and tuple(ours[key].shape) != tuple(value.shape):
+            return (f"{key}: {tuple(value.shape)} in the checkpoint, {tuple(ours[key].shape)} "
+                    "with these arguments")
+    only = sorted(set(ours) ^ set(theirs))
+    return f"{only[0]} is in only one of the checkpoint and the rebuilt model" if only else "?"
 
 
 def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> None:
