@@ -35,7 +35,11 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import safe_mean
 
 from physlink_gym.agents.dreamerv3 import offline, persistence
-from physlink_gym.agents.dreamerv3.config import DreamerV3Config, make_config
+from physlink_gym.agents.dreamerv3.config import (
+    DreamerV3Config,
+    make_config,
+    overrides_from_args,
+)
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
@@ -111,14 +115,12 @@ class DreamerV3(BaseAlgorithm):
     ) -> None:
         self.preset = preset
         schedule = learning_rate if callable(learning_rate) else None
-        self.config_overrides = _overrides(
-            policy_kwargs, lr=None if schedule else learning_rate, train_ratio=train_ratio,
-            batch_size=batch_size, batch_length=sequence_length,
+        self.config_overrides = overrides_from_args(
+            policy_kwargs,  # a schedule: the config records (and checks) its start value
+            learning_rate=_schedule_start(schedule) if schedule else learning_rate,
+            train_ratio=train_ratio, batch_size=batch_size, sequence_length=sequence_length,
         )
         config = make_config(preset, **self.config_overrides)  # validates early
-        if schedule is not None:  # the config records (and checks) the schedule's start
-            self.config_overrides["lr"] = _schedule_start(schedule)
-            make_config(preset, **self.config_overrides)
         super().__init__(
             policy, env, learning_rate=schedule or config.lr, policy_kwargs=policy_kwargs,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -444,9 +446,3 @@ def _schedule_start(schedule: Schedule) -> float:
             fix="pass learning_rate=4e-5, or e.g. stable_baselines3.common.utils."
             "LinearSchedule(4e-5, 1e-5, 1.0)",
         ) from None
-
-
-def _overrides(policy_kwargs: dict[str, Any] | None, **explicit: Any) -> dict[str, Any]:
-    overrides = dict(policy_kwargs or {})
-    overrides.update({k: v for k, v in explicit.items() if v is not None})
-    return overrides

@@ -24,7 +24,7 @@ from typing import Any
 
 from physlink_gym.errors import ConfigurationError
 
-__all__ = ["PRESETS", "DreamerV3Config", "make_config"]
+__all__ = ["ARG_FIELDS", "PRESETS", "DreamerV3Config", "make_config", "overrides_from_args"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,23 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 PRESETS: tuple[str, ...] = tuple(_SIZES)
 _FIELDS = frozenset(f.name for f in dataclasses.fields(DreamerV3Config))
+
+
+# DreamerV3's constructor arguments (SB3 names) that set config fields; ``load`` takes them too.
+ARG_FIELDS: dict[str, str] = {"learning_rate": "lr", "train_ratio": "train_ratio",
+                              "batch_size": "batch_size", "sequence_length": "batch_length"}
+
+
+def overrides_from_args(policy_kwargs: dict[str, Any] | None, **args: Any) -> dict[str, Any]:
+    """Config overrides: ``policy_kwargs``, then the :data:`ARG_FIELDS` arguments not None.
+
+    Example:
+        >>> overrides_from_args({"lr": 1e-4, "warmup": 10}, learning_rate=3e-4, batch_size=None)
+        {'lr': 0.0003, 'warmup': 10}
+    """
+    overrides = dict(policy_kwargs or {})
+    overrides.update({ARG_FIELDS[k]: v for k, v in args.items() if v is not None})
+    return overrides
 
 
 def make_config(preset: str = "1m", **overrides: Any) -> DreamerV3Config:

@@ -29,6 +29,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import check_for_correct_spaces
 
+from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, overrides_from_args
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
@@ -116,24 +117,16 @@ def _schedule_value(model: DreamerV3) -> dict[str, Any]:
     return {"learning_rate": float(model.lr_schedule(model._current_progress_remaining))}
 
 
-# Constructor arguments that live in the config: ``load(path, train_ratio=...)`` routes them
-# into the overrides, as ``DreamerV3(..., train_ratio=...)`` would (not into a dead attribute).
-_CONFIG_ARGS = {"train_ratio": "train_ratio", "batch_size": "batch_size",
-                "sequence_length": "batch_length"}
-
-
 def _route_config_kwargs(data: dict[str, Any], kwargs: dict[str, Any]) -> None:
-    overrides = dict(data.get("config_overrides") or {})
-    for key in [k for k in kwargs if k in _CONFIG_ARGS or k == "policy_kwargs"]:
-        value = kwargs.pop(key)
-        if key == "policy_kwargs":
-            overrides.update(value or {})
-        elif value is not None:
-            overrides[_CONFIG_ARGS[key]] = value
+    # ``load(path, train_ratio=...)`` changes the config as ``DreamerV3(..., train_ratio=...)``
+    # would (not a dead attribute). A float learning_rate also stays in kwargs: the attribute.
+    args = {k: kwargs.pop(k) for k in list(kwargs) if k in ARG_FIELDS and k != "learning_rate"}
     lr = kwargs.get("learning_rate")
-    if lr is not None and not callable(lr):
-        overrides["lr"] = lr  # and the attribute, set from kwargs
-    data["config_overrides"] = overrides
+    if not callable(lr):
+        args["learning_rate"] = lr
+    stored = data.get("config_overrides") or {}
+    data["config_overrides"] = overrides_from_args(
+        {**stored, **(kwargs.pop("policy_kwargs", None) or {})}, **args)
 
 
 def _suffixed(path: Any) -> pathlib.Path:
@@ -251,12 +244,11 @@ def load_model(
             ) from None
         data["n_envs"] = env.num_envs
     _route_config_kwargs(data, kwargs)
-    preset = kwargs.pop("preset", data.get("preset", "1m"))
-    model = cls("MlpPolicy", env=env, device=device, preset=preset,
+    data["preset"] = kwargs.pop("preset", data.get("preset", "1m"))
+    model = cls("MlpPolicy", env=env, device=device, preset=data["preset"],
                 policy_kwargs=data["config_overrides"], _init_setup_model=False)
     model.__dict__.update(data)
     model.__dict__.update(kwargs)
-    model.preset = preset
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()
@@ -266,7 +258,8 @@ def load_model(
         raise ConfigurationError(
             got=f"load() arguments that change the network ({_first_difference(model, params)})",
             expected="the checkpoint's network sizes (preset "
-            f"{data.get('preset')!r}, overrides {metadata['data'].get('config_overrides')})",
+            f"{metadata['data'].get('preset')!r}, overrides "
+            f"{metadata['data'].get('config_overrides')})",
             fix="load without preset= or size overrides; to change sizes, train a new model",
         ) from None
     model._last_obs = None
