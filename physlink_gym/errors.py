@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointVersionError",
     "ConfigurationError",
     "PhysLinkError",
+    "TrainingError",
     "ValidationError",
     "check_int",
     "format_message",
@@ -72,6 +73,10 @@ class ConfigurationError(PhysLinkError, ValueError):
 
 class ValidationError(PhysLinkError, ValueError):
     """Data (a space, an observation, an invariant result) failed validation."""
+
+
+class TrainingError(PhysLinkError, RuntimeError):
+    """Training cannot go on (e.g. every update's loss is non-finite)."""
 
 
 class CheckpointError(PhysLinkError):

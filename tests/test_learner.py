@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from physlink_gym.agents.dreamerv3.behavior import replay_returns
 from physlink_gym.agents.dreamerv3.config import make_config
 from physlink_gym.agents.dreamerv3.learner import LOSS_KEYS, DreamerV3Learner
+from physlink_gym.agents.dreamerv3.update import replay_returns
 from physlink_gym.errors import ValidationError
 
 OBS, ACT, B, T = 5, 2, 4, 12
@@ -204,17 +204,20 @@ def test_train_step_fits_a_fixed_batch() -> None:
 
 
 @pytest.mark.parametrize("discrete", [False, True])
-def test_metrics_are_finite_floats(discrete: bool) -> None:
+def test_metrics_are_finite_scalar_tensors(discrete: bool) -> None:
     learner = _learner(discrete)
     before = [p.detach().clone() for p in learner.slow_critic.parameters()]
-    metrics = learner.train_step(_batch(discrete=discrete))
+    tensors = learner.train_step(_batch(discrete=discrete))
     expected = {f"loss/{k}" for k in (*LOSS_KEYS, "total")} | {
         "entropy", "return_norm/scale", "return_norm/low", "return_norm/high",
-        "imag/return_mean", "grad_norm", "model/kl", "lr",
+        "imag/return_mean", "grad_norm", "model/kl", "learning_rate", "skipped",
     }  # fmt: skip
-    assert expected <= set(metrics)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
-    assert metrics["return_norm/scale"] >= 1.0 and metrics["lr"] == 0.0  # warm-up starts at 0
+    assert expected <= set(tensors)
+    assert all(isinstance(v, torch.Tensor) and v.shape == () for v in tensors.values())
+    metrics = {k: float(v) for k, v in tensors.items()}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["return_norm/scale"] >= 1.0 and metrics["learning_rate"] == 0.0  # warm-up
+    assert metrics["skipped"] == 0.0
     # Free bits: mean(max(KL, 1)) >= max(1, mean(KL)); the raw KL metric is the unclipped mean.
     assert metrics["loss/dyn"] >= max(1.0, metrics["model/kl"]) - 1e-5
     assert metrics["loss/dyn"] == pytest.approx(metrics["loss/rep"], rel=1e-5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from physlink_gym.agents.dreamerv3.distributions import categorical_kl, twohot_bins, twohot_loss
-from physlink_gym.agents.dreamerv3.losses import (
+from physlink_gym.agents.dreamerv3.update import (
     bernoulli_nll,
     kl_dyn_rep,
     lambda_return,

@@ -42,7 +42,7 @@ from physlink_gym.agents.dreamerv3.config import (
 )
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
-from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats
+from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats, UpdateMetrics
 from physlink_gym.errors import ConfigurationError, check_int
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ class DreamerV3(BaseAlgorithm):
         self._update_credit = 0.0
         self._entries: EntryWriter | None = None
         self.invariant_stats = InvariantStats()
+        self._update_metrics = UpdateMetrics()
         if _init_setup_model:
             self._setup_model()
 
@@ -315,13 +316,12 @@ class DreamerV3(BaseAlgorithm):
         for _ in range(gradient_steps):
             batch_np = self.replay_buffer.sample(batch, length)
             tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch_np.items()}
-            metrics = self.policy.learner.train_step(tensors)
-            for key, value in metrics.items():
-                self.logger.record_mean(_train_tag(key), value)
+            self._update_metrics.add(self.policy.learner.train_step(tensors))
         elapsed = time.perf_counter() - start
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record_mean("time/updates_per_second", gradient_steps / max(elapsed, 1e-9))
+        self._update_metrics.check_finite()
 
     def dump_logs(self) -> None:
         """Write the ``rollout/``, ``time/``, ``train/`` and ``invariants/`` records."""
@@ -338,6 +338,7 @@ class DreamerV3(BaseAlgorithm):
         self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.invariant_stats.record(self.logger)
+        self._update_metrics.record(self.logger)
         self.logger.dump(step=self.num_timesteps)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -426,12 +427,6 @@ class DreamerV3(BaseAlgorithm):
         from physlink_gym.viz import triptych
 
         return triptych(self, env_or_trajectories, path, **kwargs)
-
-
-def _train_tag(key: str) -> str:
-    if key.startswith("loss/"):
-        return f"train/{key[5:]}_loss"
-    return "train/" + key.replace("/", "_")
 
 
 def _schedule_start(schedule: Schedule) -> float:

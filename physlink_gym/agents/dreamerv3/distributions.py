@@ -34,6 +34,8 @@ __all__ = [
     "twohot_encode",
     "twohot_loss",
     "twohot_mean",
+    "twohot_mean_from_probs",
+    "twohot_weights",
     "unimix_logits",
 ]
 
@@ -102,8 +104,9 @@ def twohot_bins(
     return symexp(x).to(device=device, dtype=dtype)
 
 
-def _check_bins(values: Tensor, bins: Tensor, what: str) -> None:
-    if bins.ndim != 1 or values.shape[-1] != bins.shape[0]:
+def _check_bins(values: Tensor, bins: Tensor, what: str, padded: bool = False) -> None:
+    width = values.shape[-1]
+    if bins.ndim != 1 or not (width == bins.shape[0] or (padded and width > bins.shape[0])):
         raise ValidationError(
             got=f"{what} of shape {tuple(values.shape)} with bins of shape {tuple(bins.shape)}",
             expected=f"bins of shape [K] and {what} of shape [..., K]",
@@ -111,8 +114,10 @@ def _check_bins(values: Tensor, bins: Tensor, what: str) -> None:
         )
 
 
-def _twohot_parts(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Indices and weights of the two neighbouring bins (reference ``TwoHot.loss``).
+def twohot_weights(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Indices and weights ``(below, above, w_below, w_above)`` of the two neighbouring bins.
+
+    Reference ``TwoHot.loss``. The input is detached.
 
     ``below = #(bins <= x) - 1`` and ``above = K - #(bins > x)``, clipped to ``[0, K-1]``;
     the weights are the opposite distances normalised to sum to one, and a value outside the
@@ -144,59 +149,74 @@ def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
     Returns:
         Tensor[..., K] whose last axis sums to one.
     """
-    below, above, w_below, w_above = _twohot_parts(x, bins)
+    below, above, w_below, w_above = twohot_weights(x, bins)
     out = torch.zeros(*x.shape, bins.shape[0], dtype=bins.dtype, device=bins.device)
     out.scatter_add_(-1, below.unsqueeze(-1), w_below.unsqueeze(-1))
     out.scatter_add_(-1, above.unsqueeze(-1), w_above.unsqueeze(-1))
     return out
 
 
-def twohot_mean(logits: Tensor, bins: Tensor) -> Tensor:
+def twohot_mean(logits: Tensor, bins: Tensor, symmetric: bool | None = None) -> Tensor:
     """Expected value ``sum_k softmax(logits)_k * bins_k`` (reference ``TwoHot.pred``).
 
-    As in the reference the sum runs symmetrically from the centre outwards (pairs
-    ``p_{m-i} b_{m-i} + p_{m+i} b_{m+i}``), so uniform logits over symmetric bins decode to exactly
-    0.0 instead of a left-to-right rounding residue.
+    For bins that are exactly antisymmetric around an exact 0 in the centre (those of
+    :func:`twohot_bins` with ``low == -high`` and an odd count) the sum is taken in the
+    symmetric-difference form ``sum_{i>0} (p_{m+i} - p_{m-i}) * b_{m+i}`` (``m`` the centre):
+    one matrix-vector product over half the bins. As in the reference, whose sum runs from the
+    centre outwards, symmetric logits then decode to exactly 0.0 instead of a rounding residue.
 
     Args:
-        logits: Tensor[..., K].
+        logits: Tensor[..., K], or wider: trailing columns past the K bins are padding that
+            must carry no probability (a logit of -1e9, as the learner's padded heads give).
         bins: Tensor[K].
+        symmetric: Whether ``bins`` are antisymmetric with an odd count; ``None`` checks
+            (a host-side comparison: hot paths that know pass True).
 
     Returns:
         Tensor[...].
     """
-    _check_bins(logits, bins, "logits")
-    weighted = torch.softmax(logits, -1) * bins
+    _check_bins(logits, bins, "logits", padded=True)
+    n = bins.shape[0]
+    if symmetric is None:
+        symmetric = n % 2 == 1 and bool(torch.equal(bins, -bins.flip(0)))
+    return twohot_mean_from_probs(torch.softmax(logits, -1), bins, symmetric)
+
+
+def twohot_mean_from_probs(probs: Tensor, bins: Tensor, symmetric: bool) -> Tensor:
+    """:func:`twohot_mean` of probabilities [..., K] (or padded wider with zero probability)."""
     n = bins.shape[0]
     m = n // 2
-    if n % 2 == 1:
-        left, centre, right = weighted[..., :m], weighted[..., m], weighted[..., m + 1 :]
-        return centre + (left.flip(-1) + right).sum(-1)
-    return (weighted[..., :m].flip(-1) + weighted[..., m:]).sum(-1)
+    if symmetric:
+        diff = probs[..., m + 1 : n] - probs[..., :m].flip(-1)
+        return diff @ bins[m + 1 :].to(probs.dtype)
+    return probs[..., :n] @ bins.to(probs.dtype)
 
 
-def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor, normalized: bool = False) -> Tensor:
     """Cross-entropy ``-sum_k twohot(sg(target))_k * log_softmax(logits)_k`` (``TwoHot.loss``).
 
     Computed by gathering the two non-zero entries instead of materialising the [..., K] target.
 
     Args:
-        logits: Tensor[..., K].
+        logits: Tensor[..., K], or wider: trailing columns past the K bins are padding that
+            carries no probability (e.g. an output layer padded to 256 columns for speed).
         target: Tensor[...] in raw space; no gradient flows into it.
         bins: Tensor[K].
+        normalized: The logits are already log-probabilities (``log_softmax`` output), e.g.
+            shared by two targets; they are then used as they are.
 
     Returns:
         Tensor[...] of losses.
     """
-    _check_bins(logits, bins, "logits")
+    _check_bins(logits, bins, "logits", padded=True)
     if logits.shape[:-1] != target.shape:
         raise ValidationError(
             got=f"logits {tuple(logits.shape)} and target {tuple(target.shape)}",
             expected="logits of shape target.shape + (K,)",
             fix="pass one scalar target per logits vector",
         )
-    below, above, w_below, w_above = _twohot_parts(target, bins)
-    logp = torch.log_softmax(logits, -1)
+    below, above, w_below, w_above = twohot_weights(target, bins)
+    logp = logits if normalized else torch.log_softmax(logits, -1)
     lp_below = logp.gather(-1, below.unsqueeze(-1)).squeeze(-1)
     lp_above = logp.gather(-1, above.unsqueeze(-1)).squeeze(-1)
     return -(w_below.to(logp.dtype) * lp_below + w_above.to(logp.dtype) * lp_above)

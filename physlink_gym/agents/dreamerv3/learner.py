@@ -1,16 +1,8 @@
-"""The DreamerV3 learner: all networks, one LaProp optimiser, and the update step.
+"""The DreamerV3 learner: its networks, one LaProp optimiser, acting, and the update call.
 
-One update (:meth:`DreamerV3Learner.train_step`), top to bottom, as in ``Agent.train`` /
-``Agent.loss`` of the official code (danijar/dreamerv3, 2024 and later):
-
-1. World model on the replayed window: encoder on ``symlog(obs)``, RSSM posterior scan, then
-   decoder symlog-MSE, two-hot reward, continue BCE and the dyn/rep KL with free bits.
-2. Imagination from every valid posterior state (``sg`` start), horizon 15, with the actor;
-   lambda returns, percentile return normalisation, REINFORCE actor, two-hot critic with the
-   slow-critic regulariser (:mod:`~physlink_gym.agents.dreamerv3.behavior`).
-3. Replay value loss on the posterior states, bootstrapped from the imagined returns.
-4. One LaProp step over every trainable parameter (stop-gradients keep the losses apart), then
-   the slow critic's EMA update.
+The math of an update lives in :mod:`~physlink_gym.agents.dreamerv3.update` (and the RSSM's
+scans in :mod:`~physlink_gym.agents.dreamerv3.rssm`); this module owns the parameters, draws
+each update's noise, runs the update eagerly or compiled, and acts.
 
 Example:
     >>> import torch
@@ -34,30 +26,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import logging
+import os
+import platform
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from physlink_gym.agents.dreamerv3.behavior import (
-    imagination_losses,
-    masked_mean,
-    replay_value_loss,
-)
+from physlink_gym.agents.dreamerv3 import update
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
-from physlink_gym.agents.dreamerv3.distributions import twohot_bins, twohot_loss
-from physlink_gym.agents.dreamerv3.losses import bernoulli_nll, kl_dyn_rep, symlog_mse
-from physlink_gym.agents.dreamerv3.networks import Actor, Decoder, Encoder, MLPHead
-from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer, ema_update
+from physlink_gym.agents.dreamerv3.distributions import twohot_bins
+from physlink_gym.agents.dreamerv3.networks import Actor, Decoder, Encoder, MLPHead, TwoHotHead
+from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
 from physlink_gym.agents.dreamerv3.optim import LaProp
-from physlink_gym.agents.dreamerv3.rssm import RSSM, Posterior
-from physlink_gym.errors import ValidationError
+from physlink_gym.agents.dreamerv3.rssm import RSSM
 
-__all__ = ["LOSS_KEYS", "DreamerV3Learner"]
+__all__ = ["LOSS_KEYS", "DreamerV3Learner", "tune_allocator"]
 
 State = tuple[Tensor, Tensor, Tensor]
-LOSS_KEYS = ("dyn", "rep", "dec", "rew", "con", "policy", "value", "repval")
-_BATCH_KEYS = ("obs", "action", "reward", "is_first", "is_terminal", "valid")
+LOSS_KEYS = update.LOSS_KEYS
 
 
 class DreamerV3Learner(nn.Module):
@@ -88,10 +77,10 @@ class DreamerV3Learner(nn.Module):
         self.encoder = Encoder(obs_dim, cfg)
         self.rssm = RSSM(cfg, self.encoder.out_features, action_dim)
         self.decoder = Decoder(obs_dim, cfg)
-        self.reward_head = MLPHead(feat, units, cfg.rew_layers, bins, cfg.rew_outscale, eps)
+        self.reward_head = TwoHotHead(feat, units, cfg.rew_layers, bins, cfg.rew_outscale, eps)
         self.cont_head = MLPHead(feat, units, cfg.con_layers, 1, cfg.con_outscale, eps)
         self.actor = Actor(cfg, action_dim, discrete)
-        self.critic = MLPHead(feat, units, cfg.critic_layers, bins, cfg.critic_outscale, eps)
+        self.critic = TwoHotHead(feat, units, cfg.critic_layers, bins, cfg.critic_outscale, eps)
         # Reference `SlowModel`: starts as a copy of the critic, then EMA (rate 0.02).
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.retnorm = ReturnNormalizer(
@@ -108,6 +97,9 @@ class DreamerV3Learner(nn.Module):
             agc_pmin=cfg.agc_pmin,
             warmup=cfg.warmup,
         )
+        self.optimizer.init_state()
+        if self.device.type == "cpu":
+            tune_allocator()
 
     @property
     def device(self) -> torch.device:
@@ -166,8 +158,8 @@ class DreamerV3Learner(nn.Module):
         return action, (h.float(), z.float(), action)
 
     # -- learning ------------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One world-model + actor + critic update; returns float metrics (one host sync).
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One world-model + actor + critic update (:func:`update.train_step`).
 
         Args:
             batch: ``obs`` [B, T, D] float, ``action`` [B, T, A] (the action that led into
@@ -175,131 +167,64 @@ class DreamerV3Learner(nn.Module):
                 bool.
 
         Returns:
-            Metrics: ``loss/<name>`` for each of :data:`LOSS_KEYS` and ``loss/total``,
-            ``entropy``, ``return_norm/{scale,low,high}``, ``imag/*``, ``model/*``,
-            ``grad_norm`` and ``lr``.
+            0-d tensor metrics (see :func:`update.train_step`); nothing waits for the device.
         """
-        data = self._prepare(batch)
+        data = self.prepare_batch(batch)
+        b, t = data["valid"].shape
+        noise = update.draw_noise(self, b, t, self.device)
+        lr = torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=self.device)
         with self._autocast():
-            losses, metrics = self.compute_losses(data)
-        cfg = self.config
-        scales = {
-            "dyn": cfg.scale_dyn, "rep": cfg.scale_rep, "dec": cfg.scale_dec,
-            "rew": cfg.scale_rew, "con": cfg.scale_con, "policy": cfg.scale_policy,
-            "value": cfg.scale_value, "repval": cfg.scale_repval,
-        }  # fmt: skip
-        total = sum((scales[k] * v for k, v in losses.items()), torch.zeros((), device=self.device))
-        lr = self.optimizer.current_lr()
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(total)
-        self.optimizer.step()
-        count = int(self.optimizer.param_groups[0]["step"]) - 1  # updates before this one
-        if count % cfg.slow_critic_every == 0:
-            ema_update(self.slow_critic, self.critic, cfg.slow_critic_rate)
-        metrics.update({f"loss/{k}": v.detach() for k, v in losses.items()})
-        metrics["loss/total"] = total.detach()
-        if self.optimizer.last_grad_norm is not None:
-            metrics["grad_norm"] = self.optimizer.last_grad_norm
-        names = list(metrics)
-        values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).tolist()
-        out = dict(zip(names, values, strict=True))
-        out["lr"] = lr
-        return out
+            return update.train_step(self, data, noise, lr)
 
     def compute_losses(
-        self, data: dict[str, Tensor]
+        self, data: dict[str, Tensor], noise: update.Noise | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """All unscaled losses (scalars) and metrics for a batch from :meth:`prepare_batch`.
+        """All unscaled losses and metrics of a prepared batch, without updating anything.
 
-        Exposed for tests and diagnostics; :meth:`train_step` is the normal entry point.
+        For tests and diagnostics (the return normaliser's statistics do move); noise is drawn
+        from the global RNG when not given.
         """
-        losses, metrics, post, feat = self._world_model_losses(data)
-        beh_losses, beh_metrics, ret = imagination_losses(self, post, data["valid"])
-        losses.update(beh_losses)
-        metrics.update(beh_metrics)
-        if self.config.repval_loss:
-            boot = ret[0].reshape(data["valid"].shape)  # imagined return of each start
-            losses["repval"], metrics["replay/return_mean"] = replay_value_loss(
-                self, feat, data, boot
-            )
-        return losses, metrics
-
-    def _world_model_losses(
-        self, data: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Posterior, Tensor]:
-        """Decoder, reward, continue and KL losses (reference ``Agent.loss``, ``RSSM.loss``)."""
-        cfg, valid = self.config, data["valid"]
-        embed = self.encoder(data["obs"])
-        start = self.rssm.initial(valid.shape[0])
-        post, prior = self.rssm.observe(embed, data["action"], data["is_first"] > 0, start)
-        feat = torch.cat([post.deter, post.stoch], -1)  # [B, T, F]
-        dyn, rep = kl_dyn_rep(post.logits, prior, cfg.free_nats)
-        rew_feat = feat if cfg.reward_grad else feat.detach()
-        con_target = 1.0 - data["is_terminal"]
-        if cfg.contdisc:  # reference: `con *= 1 - 1 / horizon`
-            con_target = con_target * cfg.discount
-        per_step = {
-            "dyn": dyn,
-            "rep": rep,
-            "dec": symlog_mse(self.decoder(feat), data["obs"]),
-            "rew": twohot_loss(self.reward_head(rew_feat), data["reward"], self.bins),
-            "con": bernoulli_nll(self.cont_head(feat).squeeze(-1), con_target),
-        }
-        losses = {k: masked_mean(v, valid) for k, v in per_step.items()}
-        with torch.no_grad():  # logits are normalised log-probs: no log_softmax needed here
-            post_p = post.logits.exp()
-            metrics = {
-                "model/kl": masked_mean((post_p * (post.logits - prior)).sum((-2, -1)), valid),
-                "model/post_entropy": masked_mean(-(post_p * post.logits).sum((-2, -1)), valid),
-                "model/prior_entropy": masked_mean(-(prior.exp() * prior).sum((-2, -1)), valid),
-                "model/valid_frac": valid.mean(),
-            }
-        return losses, metrics, post, feat
+        b, t = data["valid"].shape
+        if noise is None:
+            noise = update.draw_noise(self, b, t, self.device)
+        with self._autocast():
+            return update.compute_losses(self, data, noise)
 
     def prepare_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Public alias of the batch checks and conversion used by :meth:`train_step`."""
-        return self._prepare(batch)
-
-    def _prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Check shapes, move to the device, apply the masks; flags become float 0/1."""
-        missing = [k for k in _BATCH_KEYS if k not in batch]
-        if missing:
-            raise ValidationError(
-                got=f"a batch without {missing}",
-                expected=f"a dict with {list(_BATCH_KEYS)}",
-                fix="sample the batch from the DreamerV3 sequence replay",
-            )
-        obs = batch["obs"]
-        if obs.ndim != 3 or obs.shape[-1] != self.obs_dim or obs.shape[1] < 2:
-            _shape_error("obs", obs, f"[B, T, {self.obs_dim}] with T >= 2")
-        bt = tuple(obs.shape[:2])
-        shapes = {"action": (*bt, self.action_dim), "reward": bt, "is_first": bt,
-                  "is_terminal": bt, "valid": bt}  # fmt: skip
-        for key, shape in shapes.items():
-            if tuple(batch[key].shape) != shape:
-                _shape_error(key, batch[key], str(list(shape)))
-        dev, f32 = self.device, torch.float32
-        valid = batch["valid"].to(dev).bool()
-        is_first = batch["is_first"].to(dev).bool() | ~valid
-        is_first[:, 1:] |= ~valid[:, :-1]  # the step after an invalid one starts afresh
-        if self.config.reset_window_start:  # deviation: no stored replay context
-            is_first[:, 0] = True
-        keep = valid.unsqueeze(-1)
-        return {
-            "obs": torch.where(keep, batch["obs"].to(dev, f32), 0.0),
-            "action": torch.where(
-                keep & ~is_first.unsqueeze(-1), batch["action"].to(dev, f32), 0.0
-            ),
-            "reward": torch.where(valid, batch["reward"].to(dev, f32), 0.0),
-            "is_first": is_first.to(f32),
-            "is_terminal": (batch["is_terminal"].to(dev).bool() & valid).to(f32),
-            "valid": valid.to(f32),
-        }
+        """Check a replay batch, move it to the device and apply the masks (float flags)."""
+        return update.prepare_batch(
+            batch, self.obs_dim, self.action_dim, self.device, self.config.reset_window_start
+        )
 
 
-def _shape_error(key: str, value: Tensor, expected: str) -> None:
-    raise ValidationError(
-        got=f"batch[{key!r}] of shape {list(value.shape)}",
-        expected=f"shape {expected}",
-        fix="pass [B, T, ...] tensors from the sequence replay with matching B and T",
-    )
+_ALLOCATOR_TUNED: list[bool] = []
+
+
+def tune_allocator() -> bool:
+    """Keep glibc from returning large freed blocks to the OS between updates (once).
+
+    An update allocates and frees tensors of several MB; glibc serves those with ``mmap`` and
+    unmaps them on free, so the next update page-faults on every page again (about 30,000
+    faults and 25% of the update's time for the ``debug`` preset on a 2-core CPU). This raises
+    glibc's mmap threshold to its maximum (32 MiB), its trim threshold to 1 GiB and its top
+    pad to 64 MiB, process-wide, with ``mallopt``; the cost is memory that stays reserved
+    after training. Set ``PHYSLINK_GYM_TUNE_MALLOC=0`` to leave the allocator alone (or use
+    jemalloc/tcmalloc through ``LD_PRELOAD``). A no-op off glibc.
+
+    Returns:
+        Whether the settings were applied by this call.
+    """
+    if _ALLOCATOR_TUNED or os.environ.get("PHYSLINK_GYM_TUNE_MALLOC", "1") == "0":
+        return False
+    _ALLOCATOR_TUNED.append(True)
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        ok = all((libc.mallopt(m_mmap_threshold, 32 << 20), libc.mallopt(m_trim_threshold, 1 << 30),
+                  libc.mallopt(m_top_pad, 64 << 20)))
+    except (OSError, AttributeError):
+        return False
+    logging.getLogger(__name__).debug("glibc malloc thresholds raised for DreamerV3 updates")
+    return bool(ok)

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
 from physlink_gym.agents.dreamerv3.distributions import (
-    bounded_normal,
     categorical_entropy,
     symlog,
     unimix_logits,
@@ -40,6 +39,7 @@ __all__ = [
     "Encoder",
     "MLPHead",
     "RMSNorm",
+    "TwoHotHead",
     "init_weight_",
     "linear",
 ]
@@ -104,7 +104,9 @@ class RMSNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` [..., dim]."""
+        """Normalise ``x`` [..., dim] (in float32, whatever the input's dtype)."""
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.scale, self.eps)
         out = F.rms_norm(x.float(), (x.shape[-1],), self.scale.float(), self.eps)
         return out.to(x.dtype)
 
@@ -160,6 +162,31 @@ class MLPHead(nn.Module):
         """Map [..., in_features] to [..., out_features]."""
         out: Tensor = self.out(self.mlp(x))
         return out
+
+
+class TwoHotHead(MLPHead):
+    """:class:`MLPHead` over two-hot bins whose output is padded to a multiple of 8 columns.
+
+    The parameters are those of an ``out_features``-wide output layer (the reference's 255
+    bins), but the matrix product runs on a copy padded with zero weights and a bias of
+    -1e9, so the logits are [..., 256] and the extra column carries no probability (its
+    softmax weight underflows to exactly 0). Matrix products and softmaxes with 256 columns
+    run 2-2.5x faster on CPU than with 255; every consumer of these logits reads only the
+    first ``out_features`` columns' probabilities.
+    """
+
+    PAD_LOGIT = -1e9
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map [..., in_features] to padded logits [..., ceil(out_features / 8) * 8]."""
+        h = self.mlp(x)
+        pad = -self.out.out_features % 8
+        if not pad:
+            out: Tensor = self.out(h)
+            return out
+        weight = F.pad(self.out.weight, (0, 0, 0, pad))
+        bias = F.pad(self.out.bias, (0, pad), value=self.PAD_LOGIT)
+        return F.linear(h, weight, bias)
 
 
 class BlockLinear(nn.Module):
@@ -250,26 +277,58 @@ class Actor(MLPHead):
     def _logp(self, raw: Tensor) -> Tensor:
         return torch.log_softmax(unimix_logits(raw, self.unimix), -1)
 
-    def sample(self, raw: Tensor, deterministic: bool = False) -> Tensor:
-        """Action [..., A] from head outputs (no gradient): sample, or the mode."""
+    def _normal(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of :func:`bounded_normal`, without the distribution object."""
+        mean_raw, std_raw = raw.chunk(2, dim=-1)
+        std = (self.maxstd - self.minstd) * torch.sigmoid(std_raw + 2.0) + self.minstd
+        return torch.tanh(mean_raw), std
+
+    def noise(self, *shape: int, device: torch.device | None = None) -> Tensor:
+        """Noise for ``shape`` samples: standard normal [*shape, A], or uniform [*shape, 1]."""
+        if self.discrete:
+            return torch.rand(*shape, 1, device=device)
+        return torch.randn(*shape, self.out.out_features // 2, device=device)
+
+    def sample(
+        self, raw: Tensor, deterministic: bool = False, noise: Tensor | None = None
+    ) -> Tensor:
+        """Action [..., A] from head outputs (no gradient): a sample, or the mode.
+
+        Args:
+            raw: Head outputs [..., out].
+            deterministic: Take the mode (the mean, or the most likely action).
+            noise: From :meth:`noise`; drawn here when None. Continuous samples are
+                ``mean + std * noise``; discrete ones invert the CDF at the uniform ``noise``.
+        """
         raw = raw.detach()
         if self.discrete:
             logp = self._logp(raw)
             if deterministic:
-                index = logp.argmax(-1)
+                index = logp.argmax(-1, keepdim=True)
             else:
-                flat = logp.exp().reshape(-1, logp.shape[-1])
-                index = torch.multinomial(flat, 1).reshape(logp.shape[:-1])
-            return F.one_hot(index, logp.shape[-1]).to(raw.dtype)
-        dist = bounded_normal(raw, self.minstd, self.maxstd)
-        return dist.mean if deterministic else dist.sample()
+                if noise is None:
+                    noise = self.noise(*raw.shape[:-1], device=raw.device)
+                cdf = logp.exp().cumsum(-1)
+                index = (cdf < noise).sum(-1, keepdim=True).clamp_(max=logp.shape[-1] - 1)
+            return torch.zeros_like(logp).scatter_(-1, index, 1.0)
+        mean, std = self._normal(raw)
+        if deterministic:
+            return mean
+        if noise is None:
+            noise = self.noise(*raw.shape[:-1], device=raw.device)
+        return mean + std * noise
 
     def log_prob_entropy(self, raw: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """``(log pi(action), entropy)``, each [...], summed over action dimensions."""
         if self.discrete:
             logp = self._logp(raw)
             return (logp * action).sum(-1), categorical_entropy(logp)
-        dist = bounded_normal(raw, self.minstd, self.maxstd)
-        log_prob: Tensor = dist.log_prob(action)  # type: ignore[no-untyped-call]
-        ent: Tensor = dist.entropy()  # type: ignore[no-untyped-call]
-        return log_prob, ent
+        mean, std = self._normal(raw)
+        log_std = torch.log(std)
+        log_prob = (-0.5 * torch.square((action - mean) / std) - log_std).sum(-1)
+        # Normal: log N(a; m, s) = -((a - m) / s)^2 / 2 - log s - log(2 pi) / 2, and
+        # entropy = 1/2 + log(2 pi) / 2 + log s; summed over the A dimensions.
+        return log_prob - _HALF_LOG_2PI * action.shape[-1], (0.5 + _HALF_LOG_2PI + log_std).sum(-1)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

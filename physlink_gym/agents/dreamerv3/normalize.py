@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from physlink_gym.errors import ConfigurationError, ValidationError
 
-__all__ = ["ReturnNormalizer", "ema_update"]
+__all__ = ["ReturnNormalizer", "ema_update", "masked_quantiles"]
 
 
 class ReturnNormalizer(nn.Module):
@@ -72,11 +72,24 @@ class ReturnNormalizer(nn.Module):
         self.register_buffer("_q", torch.tensor([low / 100.0, high / 100.0]), persistent=False)
 
     @torch.no_grad()
-    def update(self, returns: Tensor) -> None:
-        """Move the percentile EMAs towards the percentiles of ``returns`` (all entries).
+    def update(self, returns: Tensor, mask: Tensor | None = None) -> None:
+        """Move the percentile EMAs towards the percentiles of ``returns`` (in place).
 
         Args:
             returns: Tensor of any non-empty shape; it is detached.
+            mask: Optional 0/1 tensor broadcastable to ``returns``: only entries where it is
+                non-zero count. With no such entry the statistics stay as they are. Fixed
+                shapes and no host synchronisation either way (``masked_quantiles``).
+        """
+        self.commit(self.updated(returns, mask))
+
+    @torch.no_grad()
+    def updated(self, returns: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The statistics ``[lo, hi, corr]`` that :meth:`update` would leave, without changing.
+
+        An update can then use the new scale (:meth:`scale` of this state) and decide later
+        whether to keep it (:meth:`commit`), as DreamerV3's update does when a loss is not
+        finite.
         """
         if returns.numel() == 0:
             raise ValidationError(
@@ -84,15 +97,31 @@ class ReturnNormalizer(nn.Module):
                 expected="at least one return",
                 fix="call update() with the lambda returns of a non-empty batch",
             )
-        x = returns.detach().reshape(-1).to(self.lo.dtype)
-        q = torch.quantile(x, self._q.to(x.dtype), interpolation="linear")
-        keep = 1.0 - self.rate
-        self.lo.mul_(keep).add_(self.rate * q[0])
-        self.hi.mul_(keep).add_(self.rate * q[1])
-        self.corr.mul_(keep).add_(self.rate)
+        x = returns.detach().to(self.lo.dtype)
+        if mask is None:
+            q = torch.quantile(x.reshape(-1), self._q.to(x.dtype), interpolation="linear")
+            rate: Tensor | float = self.rate
+        else:
+            mask = mask.expand_as(x).reshape(-1)
+            selected = mask.sum() > 0
+            q = masked_quantiles(x.reshape(-1), mask, self._q.to(x.dtype))
+            q = torch.where(selected, q, 0.0)
+            rate = self.rate * selected.to(x.dtype)
+        keep = 1.0 - rate
+        return torch.stack([self.lo * keep + rate * q[0], self.hi * keep + rate * q[1],
+                            self.corr * keep + rate])
 
-    def _correction(self) -> Tensor | float:
-        return 1.0 / torch.clamp(self.corr, min=self.rate) if self.debias else 1.0
+    @torch.no_grad()
+    def commit(self, state: Tensor, apply: Tensor | None = None) -> None:
+        """Store ``state`` from :meth:`updated` (only where ``apply``, a 0-d bool, is True)."""
+        if apply is not None:
+            state = torch.where(apply, state, torch.stack([self.lo, self.hi, self.corr]))
+        self.lo.copy_(state[0])
+        self.hi.copy_(state[1])
+        self.corr.copy_(state[2])
+
+    def _correction(self, corr: Tensor) -> Tensor | float:
+        return 1.0 / torch.clamp(corr, min=self.rate) if self.debias else 1.0
 
     def offset(self) -> Tensor:
         """Return the (debiased) low percentile EMA (used for logging only).
@@ -100,19 +129,56 @@ class ReturnNormalizer(nn.Module):
         Returns:
             0-d tensor.
         """
-        return (self.lo * self._correction()).detach()
+        return (self.lo * self._correction(self.corr)).detach()
 
-    def scale(self) -> Tensor:
+    def scale(self, state: Tensor | None = None) -> Tensor:
         """Return ``max(limit, hi - lo)``, the divisor of the advantages.
+
+        Args:
+            state: ``[lo, hi, corr]`` from :meth:`updated`; None reads the stored statistics.
 
         Returns:
             0-d tensor.
         """
-        corr = self._correction()
-        return torch.clamp(self.hi * corr - self.lo * corr, min=self.limit).detach()
+        lo, hi, corr = (self.lo, self.hi, self.corr) if state is None else state.unbind(0)
+        factor = self._correction(corr)
+        return torch.clamp(hi * factor - lo * factor, min=self.limit).detach()
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"rate={self.rate}, low={self.low}, high={self.high}, limit={self.limit}"
+
+
+def masked_quantiles(x: Tensor, mask: Tensor, q: Tensor) -> Tensor:
+    """``torch.quantile(x[mask > 0], q)`` (linear interpolation) with fixed shapes.
+
+    The selected entries sort first (the others are replaced by ``+inf``), and the two order
+    statistics around position ``q * (k - 1)`` are interpolated as ``torch.quantile`` does; ``k``
+    is the number of selected entries, read on the device, so nothing waits for the host. With
+    ``k = 0`` the result is meaningless (callers give it zero weight).
+
+    Args:
+        x: 1-D values.
+        mask: 1-D 0/1 (or bool) selection of the same length.
+        q: Quantiles in [0, 1], 1-D.
+
+    Returns:
+        Tensor of ``q``'s shape.
+
+    Example:
+        >>> x = torch.tensor([5.0, 0.0, 100.0, 1.0, 2.0, 3.0])
+        >>> keep = torch.tensor([1, 1, 0, 1, 1, 1])
+        >>> q = torch.tensor([0.05, 0.5])
+        >>> torch.equal(masked_quantiles(x, keep, q), torch.quantile(x[keep > 0], q))
+        True
+    """
+    keep = mask > 0
+    ordered = torch.where(keep, x, torch.inf).sort().values
+    count = keep.sum()
+    rank = q * (count - 1).clamp(min=0).to(x.dtype)
+    below = rank.floor()
+    above = rank.ceil().clamp(max=(count - 1).clamp(min=0).to(x.dtype))
+    low, high = ordered[below.long()], ordered[above.long()]
+    return torch.lerp(low, high, rank - below)
 
 
 @torch.no_grad()

@@ -16,8 +16,12 @@ tensor ``p`` with gradient ``g`` at update ``n`` (1-based):
    ``warmup + 1``).
 
 All tensor work uses ``torch._foreach_*`` over the whole parameter list, and nothing waits for
-the device: :attr:`LaProp.last_grad_norm` (global L2 norm of the raw gradients before
-clipping, the reference's ``grad_norm`` metric) stays a tensor.
+the device: the update counter of each group is a 0-d tensor, the learning rate may be given as
+a tensor (so a compiled update does not recompile when a schedule changes it), and
+:attr:`LaProp.last_grad_norm` (global L2 norm of the raw gradients before clipping, the
+reference's ``grad_norm`` metric) stays a tensor. :meth:`LaProp.apply` can skip an update on
+the device: with ``finite`` False nothing changes (parameters, moments, counter), which is how
+DreamerV3 drops an update whose loss or gradient is not finite.
 
 Example:
     >>> import torch
@@ -56,7 +60,8 @@ class LaProp(torch.optim.Optimizer):
         warmup: Number of updates of the linear learning-rate ramp; 0 turns it off
             (reference 1000).
 
-    Parameters whose ``grad`` is None are skipped; the update counter is per group.
+    Parameters whose ``grad`` is None are skipped by :meth:`step`; the update counter
+    (``group["step"]``, a 0-d float64 tensor) is per group.
     """
 
     def __init__(
@@ -93,20 +98,14 @@ class LaProp(torch.optim.Optimizer):
             "agc": agc,
             "agc_pmin": agc_pmin,
             "warmup": warmup,
-            "step": 0,
         }
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            group["step"] = _counter(0, group["params"])
         self.last_grad_norm: Tensor | None = None
 
-    @staticmethod
-    def _lr_at(group: dict[str, Any], count: int) -> float:
-        """Step size of the update that follows ``count`` earlier updates."""
-        lr = float(group["lr"])
-        warmup = int(group["warmup"])
-        return lr * min(count, warmup) / warmup if warmup else lr
-
     def current_lr(self, group_index: int = 0) -> float:
-        """Return the step size the next update of a group will use (for logging).
+        """Return the step size the next update of a group will use (a float, for logging).
 
         Args:
             group_index: Index into ``param_groups``.
@@ -115,22 +114,30 @@ class LaProp(torch.optim.Optimizer):
             The warm-up scaled learning rate.
         """
         group = self.param_groups[group_index]
-        return self._lr_at(group, int(group["step"]))
+        return float(_scheduled_lr(group, group["lr"]))
 
-    def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        params, grads = [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise ValidationError(
-                    got="a sparse gradient",
-                    expected="dense gradients",
-                    fix="use dense embeddings (sparse=False) with LaProp",
-                )
-            params.append(p)
-            grads.append(p.grad)
-        return params, grads
+    def applied_lr(self, lr: Tensor | float | None = None, group_index: int = 0) -> Tensor:
+        """The step size the next update of a group will apply (0-d tensor, no host sync).
+
+        Args:
+            lr: Learning rate after warm-up; ``None`` uses the group's.
+            group_index: Index into ``param_groups``.
+        """
+        group = self.param_groups[group_index]
+        return _scheduled_lr(group, group["lr"] if lr is None else lr)
+
+    def init_state(self) -> None:
+        """Create every parameter's moments now (a compiled update then never allocates)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._moments(p)
+
+    def _moments(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["exp_avg"], state["exp_avg_sq"]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -149,50 +156,100 @@ class LaProp(torch.optim.Optimizer):
         sq_norms: list[Tensor] = []
         for group in self.param_groups:
             params, grads = self._collect(group)
-            if not params:
-                continue
-            sq_norms.append(self._update_group(group, params, grads))
+            if params:
+                sq_norms.append(self._update(group, params, grads, group["lr"], None))
         if sq_norms:
-            self.last_grad_norm = torch.stack([s.to(sq_norms[0].device) for s in sq_norms])
-            self.last_grad_norm = self.last_grad_norm.sum().sqrt()
+            total = torch.stack([s.to(sq_norms[0].device) for s in sq_norms]).sum()
+            self.last_grad_norm = total.sqrt()
         return loss
 
-    def _update_group(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    @torch.no_grad()
+    def apply(
+        self, grads: list[Tensor], lr: Tensor | float | None = None, finite: Tensor | None = None
+    ) -> Tensor:
+        """Update the parameters of group 0 with ``grads`` (one per parameter, in order).
+
+        The functional entry point of the DreamerV3 update: no ``.grad`` attributes, the
+        learning rate may be a tensor, and ``finite`` (a 0-d bool tensor) turns the update into
+        a no-op on the device when False. Non-finite gradients are replaced by zeros first, so
+        nothing non-finite ever reaches the optimiser state.
+
+        Args:
+            grads: Gradients of ``param_groups[0]["params"]``.
+            lr: Learning rate after warm-up; ``None`` uses the group's.
+            finite: Apply the update only where this is True.
+
+        Returns:
+            The global L2 norm of the raw gradients (0-d tensor), also in
+            :attr:`last_grad_norm`.
+        """
+        group = self.param_groups[0]
+        params = list(group["params"])
+        if len(grads) != len(params):
+            raise ValidationError(
+                got=f"{len(grads)} gradients", expected=f"{len(params)} (one per parameter)",
+                fix="pass torch.autograd.grad(loss, optimizer.param_groups[0]['params'])",
+            )
+        if finite is not None:
+            zero = torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)
+            grads = [torch.where(finite, g, zero) for g in grads]
+        sq_norm = self._update(group, params, grads, group["lr"] if lr is None else lr, finite)
+        self.last_grad_norm = sq_norm.sqrt()
+        return self.last_grad_norm
+
+    def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValidationError(
+                    got="a sparse gradient",
+                    expected="dense gradients",
+                    fix="use dense embeddings (sparse=False) with LaProp",
+                )
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+        lr: Tensor | float, finite: Tensor | None,
     ) -> Tensor:
         """Update one group in place; return its squared global gradient norm before clipping."""
         beta1, beta2 = group["betas"]
-        count = int(group["step"])
-        n = count + 1
-        lr = self._lr_at(group, count)
-        mus, nus = [], []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            mus.append(state["exp_avg"])
-            nus.append(state["exp_avg_sq"])
+        count = group["step"]
+        if not isinstance(count, Tensor):  # a state_dict from before the counter was a tensor
+            count = group["step"] = _counter(int(count), params)
+        moments = [self._moments(p) for p in params]
+        mus, nus = [m for m, _ in moments], [v for _, v in moments]
         gnorms = torch.stack(torch._foreach_norm(grads))
         if group["agc"]:
             pnorms = torch.stack(torch._foreach_norm(params))
             upper = group["agc"] * torch.clamp(pnorms, min=group["agc_pmin"])
             factor = torch.clamp(gnorms / upper, min=1.0).reciprocal()
+            if finite is not None:  # a non-finite parameter must not spread into the state
+                factor = torch.where(finite, factor, 1.0)
             grads = list(torch._foreach_mul(grads, list(factor.unbind(0))))
+        # ``go`` is 1 for an update and 0 for a skipped one: every rate below is gated by it.
+        go = count.new_ones(()) if finite is None else finite.to(count.dtype)
+        n = count + 1.0
         # Second moment, RMS normalisation (before the momentum: LaProp), momentum. With
         # c2 = sqrt(1 - b2^n): g / (sqrt(nu / c2^2) + eps) = c2 g / (sqrt(nu) + c2 eps), so the
         # bias correction folds into scalars and saves two passes over the parameters.
-        torch._foreach_mul_(nus, beta2)
-        torch._foreach_addcmul_(nus, grads, grads, value=1.0 - beta2)
-        c2 = math.sqrt(1.0 - beta2**n)
+        c2 = torch.sqrt(1.0 - torch.pow(beta2, n))
+        dtype = nus[0].dtype
+        torch._foreach_mul_(nus, (1.0 - go * (1.0 - beta2)).to(dtype))
+        scaled = torch._foreach_mul(grads, (go * (1.0 - beta2)).to(dtype))
+        torch._foreach_addcmul_(nus, grads, scaled)
         denom = torch._foreach_sqrt(nus)
-        torch._foreach_add_(denom, group["eps"] * c2)
-        torch._foreach_mul_(mus, beta1)
-        torch._foreach_addcdiv_(mus, grads, denom, value=(1.0 - beta1) * c2)
-        step_size = lr / (1.0 - beta1**n)
-        if step_size:
-            torch._foreach_add_(params, mus, alpha=-step_size)
-        group["step"] = n
+        torch._foreach_add_(denom, (group["eps"] * c2).to(dtype))
+        torch._foreach_mul_(mus, (1.0 - go * (1.0 - beta1)).to(dtype))
+        scaled = torch._foreach_mul(grads, (go * (1.0 - beta1) * c2).to(dtype))
+        torch._foreach_addcdiv_(mus, scaled, denom)
+        step_size = go * _scheduled_lr(group, lr, count) / (1.0 - torch.pow(beta1, n))
+        torch._foreach_sub_(params, torch._foreach_mul(mus, step_size.to(dtype)))
+        count.add_(go)
         return torch.square(gnorms).sum()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -202,7 +259,7 @@ class LaProp(torch.optim.Optimizer):
             state_dict: As returned by :meth:`state_dict`.
         """
         groups = state_dict.get("param_groups", [])
-        if any(not isinstance(g.get("step"), int) or g["step"] < 0 for g in groups):
+        if any(not _valid_count(g.get("step")) for g in groups):
             raise ValidationError(
                 got="an optimiser state without a valid per-group 'step' counter",
                 expected="a state_dict written by LaProp.state_dict()",
@@ -211,9 +268,35 @@ class LaProp(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             group["betas"] = tuple(group["betas"])
+            group["step"] = _counter(int(group["step"]), group["params"])
         if not math.isfinite(sum(float(g["lr"]) for g in self.param_groups)):
             raise ValidationError(
                 got="a non-finite learning rate in the loaded state",
                 expected="finite learning rates",
                 fix="load an optimiser state written by a healthy run",
             )
+
+
+def _counter(value: int, params: list[Tensor]) -> Tensor:
+    device = params[0].device if params else None
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
+
+
+def _valid_count(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or (not value.dtype.is_floating_point
+                                  and value.dtype != torch.int64):
+            return False
+        value = float(value)
+        return math.isfinite(value) and value >= 0 and value == int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _scheduled_lr(
+    group: dict[str, Any], lr: Tensor | float, count: Tensor | None = None
+) -> Tensor:
+    """``lr * min(count, warmup) / warmup``: the step size after ``count`` earlier updates."""
+    count = group["step"] if count is None else count
+    warmup = int(group["warmup"])
+    lr_t = torch.as_tensor(lr, dtype=torch.float64, device=count.device)
+    return lr_t * torch.clamp(count, max=warmup) / warmup if warmup else lr_t

@@ -12,10 +12,12 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import torch
 
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
+from physlink_gym.errors import TrainingError
 
-__all__ = ["EntryWriter", "InvariantStats", "transition_valid"]
+__all__ = ["EntryWriter", "InvariantStats", "UpdateMetrics", "transition_valid"]
 
 
 def transition_valid(info: dict[str, Any]) -> bool:
@@ -132,3 +134,67 @@ class InvariantStats:
         for name, count in sorted(self.violations.items()):
             logger.record(f"invariants/violation_rate/{name}", count / self.steps)
         self.reset()
+
+
+class UpdateMetrics:
+    """Sums the 0-d tensor metrics of updates and records their means at each log dump.
+
+    The sums stay on the device, so no update waits for the host; the values are read once per
+    log dump (``record``) and once per ``train`` call (``check_finite``, one number).
+    ``skipped`` (an update dropped because its loss or a gradient was not finite) is recorded
+    as a count, ``train/nonfinite_updates``; :data:`MAX_NONFINITE_RUN` in a row stop training.
+
+    Args:
+        max_run: Consecutive skipped updates that raise :class:`~physlink_gym.errors.TrainingError`.
+    """
+
+    MAX_NONFINITE_RUN = 20
+
+    def __init__(self, max_run: int = MAX_NONFINITE_RUN) -> None:
+        self.max_run = max_run
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.run: torch.Tensor | None = None  # skipped updates in a row, on the device
+        self.skipped_total = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Add one update's metrics."""
+        if self.total is None or list(metrics) != self.names:
+            self.names = list(metrics)
+            self.total = None
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in self.names])
+        self.total = values if self.total is None else self.total + values
+        self.count += 1
+        skipped = metrics.get("skipped")
+        if skipped is not None:
+            self.run = skipped if self.run is None else (self.run + skipped) * skipped
+
+    def check_finite(self) -> None:
+        """Raise once too many updates in a row had a non-finite loss or gradient."""
+        if self.run is not None and int(self.run) >= self.max_run:
+            raise TrainingError(
+                got=f"{int(self.run)} updates in a row with a non-finite loss or gradient "
+                "(each was skipped: no weight changed)",
+                expected="finite losses and gradients",
+                fix="check the data for extreme values (rewards, observations), lower the "
+                "learning rate, or look at train/nonfinite_updates and the loss curves in "
+                "TensorBoard; the last saved checkpoint has finite weights",
+            )
+
+    def record(self, logger: Any) -> None:
+        """Record the means since the last call (``train/...``) and start a new window."""
+        if self.total is None or not self.count:
+            return
+        for name, value in zip(self.names, self.total.tolist(), strict=True):
+            if name == "skipped":
+                logger.record("train/nonfinite_updates", round(value))
+            else:
+                logger.record(_train_tag(name), value / self.count)
+        self.total, self.count = None, 0
+
+
+def _train_tag(key: str) -> str:
+    if key.startswith("loss/"):
+        return f"train/{key[5:]}_loss"
+    return "train/" + key.replace("/", "_")

@@ -1,35 +1,37 @@
-"""The DreamerV3 recurrent state-space model: block GRU core and categorical latents.
+"""The DreamerV3 recurrent state-space model: block GRU core, categorical latents, both scans.
 
 Follows ``dreamerv3/rssm.py`` (``RSSM``: ``_core``, ``_observe``, ``imagine``, ``_prior``) of the
 official code (danijar/dreamerv3, 2024 and later) and ``embodied/jax/nets.py``
-(``BlockLinear``, ``Norm``). Shapes: ``N``/``B`` batch, ``T`` time, ``D`` deter,
-``S = stoch * classes`` (flattened one-hot latent), ``F = D + S``, ``A`` action width,
-``E`` embedding width.
+(``BlockLinear``, ``Norm``). Shapes: ``N``/``B`` batch, ``T`` time, ``H`` imagination horizon,
+``D`` deter, ``S = stoch * classes`` (flattened one-hot latent), ``F = D + S`` (the model state
+``feat = concat(h, z)`` every head reads), ``A`` action width, ``E`` embedding width.
+
+Randomness is an input: every scan takes its uniform noise (one number per latent and step,
+drawn by the caller), so the same noise gives the same numbers eagerly and compiled.
 
 Example:
     >>> import torch
     >>> from physlink_gym.agents.dreamerv3.config import make_config
     >>> rssm = RSSM(make_config("debug"), embed_dim=16, action_dim=2)
-    >>> h, z = rssm.initial(3)
     >>> first = torch.zeros(3, 5, dtype=torch.bool)
-    >>> posts, priors = rssm.observe(torch.zeros(3, 5, 16), torch.zeros(3, 5, 2), first, (h, z))
-    >>> posts.deter.shape, posts.stoch.shape, priors.shape
+    >>> noise = torch.rand(3, 5, 4, 1)
+    >>> post, prior = rssm.observe(torch.zeros(3, 5, 16), torch.zeros(3, 5, 2), first,
+    ...                            rssm.initial(3), noise)
+    >>> post.deter.shape, post.stoch.shape, prior.shape
     (torch.Size([3, 5, 32]), torch.Size([3, 5, 16]), torch.Size([3, 5, 4, 4]))
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
-from physlink_gym.agents.dreamerv3.distributions import unimix_logits
+from physlink_gym.agents.dreamerv3.fused_scan import posterior_scan
 from physlink_gym.agents.dreamerv3.networks import (
     MLP,
     BlockLinear,
@@ -39,8 +41,6 @@ from physlink_gym.agents.dreamerv3.networks import (
 )
 
 __all__ = ["RSSM", "BlockGRU", "Posterior", "sample_latent"]
-
-_LOG = logging.getLogger(__name__)
 
 
 class BlockGRU(nn.Module):
@@ -90,18 +90,18 @@ class BlockGRU(nn.Module):
         dg = d // g
         x = torch.cat([self.in_deter(deter), self.in_stoch(stoch), action_embed], -1)
         deter_g = deter.view(n, g, dg).transpose(0, 1)  # [g, N, D/g] view, group-major
-        y = self.hid_in(x).view(n, g, dg) + torch.bmm(deter_g, self.hid_rec).transpose(0, 1)
-        y = F.silu(self.hid_norm(y.reshape(n, d)))
+        y = torch.baddbmm(self.hid_in(x).view(n, g, dg).transpose(0, 1), deter_g, self.hid_rec)
+        y = F.silu(self.hid_norm(y.transpose(0, 1).reshape(n, d)))
         for layer in self.hid_more:
             y = layer(y)
         # Gates per group, computed and combined group-major to avoid layout copies.
-        w = self.gates.weight  # [g, D/g, 3 D/g]
         bias = self.gates.bias.view(g, 1, 3 * dg)
-        gates = torch.baddbmm(bias, y.view(n, g, dg).transpose(0, 1), w)  # [g, N, 3 D/g]
-        reset, cand, update = gates.chunk(3, -1)
+        gates = torch.baddbmm(bias, y.view(n, g, dg).transpose(0, 1), self.gates.weight)
+        reset, cand, update = gates.chunk(3, -1)  # each [g, N, D/g]
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)
-        new = update * cand + (1.0 - update) * deter_g  # [g, N, D/g]
+        dtype = deter_g.dtype  # under bfloat16 autocast the gates come back in bfloat16
+        new = torch.lerp(deter_g, cand.to(dtype), update.to(dtype))  # u * cand + (1 - u) * h
         return new.transpose(0, 1).reshape(n, d)
 
 
@@ -113,8 +113,8 @@ class Posterior(NamedTuple):
     logits: Tensor  # [B, T, L, C] unimixed log-probabilities
 
 
-def sample_latent(logp: Tensor, noise: Tensor | None = None) -> Tensor:
-    """Straight-through one-hot sample of [..., L, C] log-probabilities, flattened to [..., L*C].
+def sample_latent(probs: Tensor, noise: Tensor) -> Tensor:
+    """Straight-through one-hot sample of [..., L, C] probabilities, flattened to [..., L*C].
 
     Samples by inverting the CDF with one uniform number per latent (``index = #(cdf < u)``),
     which is exact and lets the caller draw the noise of a whole sequence at once. The forward
@@ -122,19 +122,18 @@ def sample_latent(logp: Tensor, noise: Tensor | None = None) -> Tensor:
     ``OneHot._onehot_with_grad``).
 
     Args:
-        logp: Normalised log-probabilities [..., L, C] (after unimix).
-        noise: Optional uniform [0, 1) noise of shape [..., L, 1].
+        probs: Probabilities [..., L, C] (after unimix).
+        noise: Uniform [0, 1) noise [..., L, 1].
 
     Returns:
         Tensor [..., L*C].
     """
-    probs = logp.exp()
-    if noise is None:
-        noise = torch.rand(*probs.shape[:-1], 1, device=probs.device)
     cdf = probs.detach().cumsum(-1)
     index = (cdf < noise).sum(-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)
     onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
-    return (onehot + (probs - probs.detach())).flatten(-2)
+    if probs.requires_grad:
+        onehot = onehot + (probs - probs.detach())
+    return onehot.flatten(-2)
 
 
 class RSSM(nn.Module):
@@ -154,7 +153,9 @@ class RSSM(nn.Module):
         d, h, eps, out = cfg.deter, cfg.hidden, cfg.norm_eps, cfg.stoch_dim
         self.deter, self.stoch_dim = d, out
         self.latents, self.classes, self.unimix = cfg.stoch, cfg.classes, cfg.unimix
-        self.compiled = cfg.compile  # torch.compile the scan steps (see `_step_fn`)
+        # The reference's layer counts have a fused scan with its own backward pass.
+        self.fused = cfg.obs_layers == 1 and cfg.dyn_layers == 1
+        self.compiled = cfg.compile  # the fused scan's step functions run compiled
         self.core = BlockGRU(cfg, action_dim)
         # Posterior: obslayers x (Linear -> norm -> act) on concat(h, embed), then the logits.
         # The first layer is split into its h and embed parts so the embed part runs batched.
@@ -172,171 +173,160 @@ class RSSM(nn.Module):
         p = self.obs_logit.weight
         return p.new_zeros(batch, self.deter), p.new_zeros(batch, self.stoch_dim)
 
-    def _logp(self, raw: Tensor) -> Tensor:
-        """Unimixed log-probabilities [..., L, C] (reference ``OneHot(logits, unimix)``)."""
+    def noise(self, *shape: int, device: torch.device | None = None) -> Tensor:
+        """Uniform noise for ``shape`` steps of latent sampling: ``[*shape, L, 1]``."""
+        return torch.rand(*shape, self.latents, 1, device=device)
+
+    def _probs(self, raw: Tensor) -> Tensor:
+        """Unimixed probabilities [..., L, C] (reference ``OneHot(logits, unimix)``).
+
+        ``(1 - u) * softmax(raw) + u / C``, written out elementwise: ``torch.softmax`` over a
+        last axis of a few classes is about 3x slower on CPU than these ops.
+        """
         raw = raw.reshape(*raw.shape[:-1], self.latents, self.classes).float()
-        if self.classes >= 16 or not self.unimix:
-            return unimix_logits(raw, self.unimix)
-        # Same numbers as `unimix_logits`, written out: torch.softmax over a last axis of a
-        # few classes is about 3x slower on CPU than these elementwise ops (1m preset: C = 4).
         e = (raw - raw.amax(-1, keepdim=True).detach()).exp()
         probs = e / e.sum(-1, keepdim=True)
-        return torch.log((1.0 - self.unimix) * probs + self.unimix / self.classes)
+        if self.unimix:
+            probs = (1.0 - self.unimix) * probs + self.unimix / self.classes
+        return probs
+
+    def _dist(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Unimixed ``(probs, log-probs)`` [..., L, C] (see :meth:`_probs`)."""
+        probs = self._probs(raw)
+        return probs, torch.log(probs)
 
     def prior(self, deter: Tensor) -> Tensor:
         """Prior log-probabilities [..., L, C] from ``h`` [..., D] (``RSSM._prior``)."""
-        return self._logp(self.prior_logit(self.prior_mlp(deter)))
-
-    def _post(self, deter: Tensor, embed_part: Tensor) -> Tensor:
-        x = F.silu(self.obs_norm(self.obs_deter(deter) + embed_part))
-        return self._logp(self.obs_logit(self.obs_more(x)))
+        return self._dist(self.prior_logit(self.prior_mlp(deter)))[1]
 
     def obs_step(
-        self, state: tuple[Tensor, Tensor], action: Tensor, embed: Tensor, is_first: Tensor
+        self,
+        state: tuple[Tensor, Tensor],
+        action: Tensor,
+        embed: Tensor,
+        is_first: Tensor,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One posterior step; returns ``(h, z, logits)`` (reference ``RSSM._observe``)."""
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
-        act_embed = self.core.embed_action(action * keep)
-        noise = torch.rand(embed.shape[0], self.latents, 1, device=embed.device)
-        return _posterior_step(
-            self, state[0], state[1], keep, act_embed, self.obs_embed(embed), noise
+        if noise is None:
+            noise = self.noise(embed.shape[0], device=embed.device)
+        return self._obs_core(
+            state[0], state[1], keep, self.core.embed_action(action * keep),
+            self.obs_embed(embed), noise,
         )
 
-    def img_step(self, state: tuple[Tensor, Tensor], action: Tensor) -> tuple[Tensor, Tensor]:
+    def img_step(
+        self, state: tuple[Tensor, Tensor], action: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One prior step ``(h, z), a -> (h', z')`` (reference ``RSSM.imagine``, single)."""
-        noise = torch.rand(action.shape[0], self.latents, 1, device=action.device)
-        return _prior_step(self, state[0], state[1], action, noise)
+        if noise is None:
+            noise = self.noise(action.shape[0], device=action.device)
+        deter = self.core(state[0], state[1], self.core.embed_action(action))
+        return deter, sample_latent(self._probs(self.prior_logit(self.prior_mlp(deter))), noise)
+
+    def _obs_core(
+        self, deter: Tensor, stoch: Tensor, keep: Tensor, act_embed: Tensor,
+        embed_part: Tensor, noise: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Reset (``keep = 0``), GRU step, posterior and its sample: one step of the scan."""
+        deter = self.core(deter * keep, stoch * keep, act_embed)
+        x = F.silu(self.obs_norm(torch.addmm(embed_part, deter, self.obs_deter.weight.t())))
+        probs, logp = self._dist(self.obs_logit(self.obs_more(x)))
+        return deter, sample_latent(probs, noise), logp
 
     def observe(
-        self, embed: Tensor, action: Tensor, is_first: Tensor, state: tuple[Tensor, Tensor]
+        self,
+        embed: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        state: tuple[Tensor, Tensor],
+        noise: Tensor | None = None,
+        fused: bool | None = None,
     ) -> tuple[Posterior, Tensor]:
         """Posterior scan over a sequence, then the priors in one batch (``RSSM.loss``).
+
+        Everything that does not depend on the recurrence (the action and embedding parts of
+        the first layers, the reset masks) is computed for all steps before the loop. The loop
+        itself runs as :func:`~physlink_gym.agents.dreamerv3.fused_scan.posterior_scan` (one
+        autograd node, the same numbers) where the layer counts allow and the inputs are
+        float32, else module by module.
 
         Args:
             embed: Encoder output [B, T, E].
             action: Previous actions [B, T, A] (``action[t]`` led into step t).
             is_first: [B, T] bool; rows reset to the initial state before the step.
             state: Carry ``(h [B, D], z [B, S])`` before the first step.
+            noise: Uniform noise [B, T, L, 1] of the latent samples (drawn when None).
+            fused: Force the fused scan on or off (None: where it applies).
 
         Returns:
             ``(posterior, prior_logits [B, T, L, C])``.
         """
-        b, t = is_first.shape
-        keep = (~is_first).to(embed.dtype).unsqueeze(-1)  # [B, T, 1]
-        act_embed = self.core.embed_action(action * keep)  # batched over T
-        embed_part = self.obs_embed(embed)  # batched over T
-        noise = torch.rand(b, t, self.latents, 1, device=embed.device)
-        step = _step_fn(_posterior_step, self.compiled)
+        t_len = is_first.shape[1]
+        if noise is None:
+            noise = self.noise(*is_first.shape, device=embed.device)
+        keep = (~is_first).to(embed.dtype).unsqueeze(-1).transpose(0, 1)  # [T, B, 1]
+        act_embed = self.core.embed_action(action.transpose(0, 1) * keep)  # [T, B, hidden]
+        embed_part = self.obs_embed(embed.transpose(0, 1))  # [T, B, hidden]
+        noise = noise.transpose(0, 1)
+        if fused is None:
+            fused = self.fused and embed_part.dtype == torch.float32
+        if fused:
+            deters_tm, stochs_tm, logps_tm = posterior_scan(
+                self, keep, act_embed, embed_part, noise, state, self.compiled
+            )
+            post = Posterior(
+                deters_tm.transpose(0, 1), stochs_tm.transpose(0, 1), logps_tm.transpose(0, 1)
+            )
+            return post, self.prior(post.deter)
         deter, stoch = state
         deters, stochs, logps = [], [], []
-        for i in range(t):
-            deter, stoch, logp = step(
-                self, deter, stoch, keep[:, i], act_embed[:, i], embed_part[:, i], noise[:, i]
+        for t in range(t_len):
+            deter, stoch, logp = self._obs_core(
+                deter, stoch, keep[t], act_embed[t], embed_part[t], noise[t]
             )
             deters.append(deter)
             stochs.append(stoch)
             logps.append(logp)
-        posts = Posterior(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logps, 1))
-        return posts, self.prior(posts.deter)
+        post = Posterior(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logps, 1))
+        return post, self.prior(post.deter)
 
     def imagine(
         self,
         start: tuple[Tensor, Tensor],
-        policy_fn: Callable[[Tensor], Tensor],
+        policy: Callable[[Tensor, int], Tensor],
         horizon: int,
+        noise: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Roll the prior forward with actions from ``policy_fn(feat [N, F]) -> [N, A]``.
+        """Roll the prior forward with actions from ``policy(feat [N, F], t) -> [N, A]``.
 
-        Outputs are time-major so that every time slice, and the slices ``[1:]`` and ``[:-1]``,
-        are contiguous (row-wise heads then run on them without copies).
+        Outputs are time-major and written into preallocated buffers, so that every time slice,
+        and the slices ``[1:]`` and ``[:-1]``, are contiguous (row-wise heads then run on them
+        without copies). Call it under ``torch.no_grad()`` unless gradients through the
+        rollout are wanted.
 
         Args:
             start: ``(h [N, D], z [N, S])``.
-            policy_fn: Maps model states to actions.
+            policy: Maps model states (and the step index) to actions.
             horizon: Number of imagined steps H.
+            noise: Uniform noise [H, N, L, 1] of the latent samples.
 
         Returns:
             ``(feats [H+1, N, F], actions [H, N, A])``; ``feats[0]`` is the start and
             ``actions[t]`` is taken in ``feats[t]``.
         """
         deter, stoch = start
-        noise = torch.rand(horizon, deter.shape[0], self.latents, 1, device=deter.device)
-        step = _step_fn(_prior_step, self.compiled)
-        feats = [torch.cat([deter, stoch], -1)]
-        actions = []
+        n = deter.shape[0]
+        feats = deter.new_empty(horizon + 1, n, self.deter + self.stoch_dim)
+        torch.cat([deter, stoch], -1, out=feats[0])
+        actions: Tensor | None = None
         for t in range(horizon):
-            action = policy_fn(feats[-1])
-            deter, stoch = step(self, deter, stoch, action, noise[t])
-            feats.append(torch.cat([deter, stoch], -1))
-            actions.append(action)
-        return torch.stack(feats), torch.stack(actions)
-
-
-def _posterior_step(
-    rssm: RSSM,
-    deter: Tensor,
-    stoch: Tensor,
-    keep: Tensor,
-    act_embed: Tensor,
-    embed_part: Tensor,
-    noise: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Reset (``keep = 0``), GRU step, posterior and its sample: one step of the scan."""
-    deter = rssm.core(deter * keep, stoch * keep, act_embed)
-    logp = rssm._post(deter, embed_part)
-    return deter, sample_latent(logp, noise), logp
-
-
-def _prior_step(
-    rssm: RSSM, deter: Tensor, stoch: Tensor, action: Tensor, noise: Tensor
-) -> tuple[Tensor, Tensor]:
-    """GRU step on an action, prior and its sample: one step of imagination."""
-    deter = rssm.core(deter, stoch, rssm.core.embed_action(action))
-    return deter, sample_latent(rssm.prior(deter), noise)
-
-
-class _Compiled:
-    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling or running fails.
-
-    A missing or broken C++ toolchain must not stop training: the first failure warns once and
-    every later call runs eagerly (a genuine error then re-raises from the eager call).
-    """
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self.compiled = torch.compile(fn, dynamic=False)
-        self.failed = False
-        self.announced = False
-
-    def __call__(self, *args: Any) -> Any:
-        if not self.failed:
-            if not self.announced:
-                self.announced = True
-                _LOG.info("torch.compile of %s: the first update compiles it", self.fn.__name__)
-            try:
-                return self.compiled(*args)
-            except Exception as exc:  # any compiler failure: run eagerly
-                self.failed = True
-                warnings.warn(
-                    f"torch.compile of {self.fn.__name__} failed ({type(exc).__name__}: {exc}); "
-                    "running eagerly. Set compile=False to skip the attempt.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return self.fn(*args)
-
-
-_COMPILED: dict[Callable[..., Any], _Compiled] = {}
-
-
-def _step_fn(fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
-    """``fn`` itself, or its compiled version (built once per process, fixed shapes).
-
-    The functions take the module as an argument rather than being bound methods, so copies of
-    a module (``copy.deepcopy``) never call into the original's compiled graph.
-    """
-    if not compiled:
-        return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = _Compiled(fn)
-    return _COMPILED[fn]
+            action = policy(feats[t], t)
+            if actions is None:
+                actions = action.new_empty(horizon, *action.shape)
+            actions[t] = action
+            deter, stoch = self.img_step((deter, stoch), action, noise[t])
+            torch.cat([deter, stoch], -1, out=feats[t + 1])
+        assert actions is not None, "horizon must be >= 1"
+        return feats, actions

@@ -1,0 +1,81 @@
+"""``torch.compile`` for the parts of a DreamerV3 update where it pays on a CPU.
+
+With ``DreamerV3Config.compile`` on, three pieces of the update run compiled (inductor, fixed
+shapes): the step functions of the fused posterior scan (forward and backward), one imagination
+step, and the behaviour losses. They are the pieces with many small elementwise operations;
+matrix products run as library calls either way. Each compiles once per process and shape on
+its first call; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the
+system's temporary folder) makes later processes start in seconds.
+
+A missing or broken C++ toolchain must not stop training: the first failure warns once and
+every later call of that piece runs eagerly (a genuine error then re-raises from the eager
+call). :func:`train_step_graph` compiles the whole update as one graph instead (for
+accelerators, where launch overhead dominates; see the update's module docstring).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["maybe_compiled", "train_step_graph"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class _Compiled:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling or running fails."""
+
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, dynamic=False, **options)
+        self.failed = False
+        self.announced = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            if not self.announced:
+                self.announced = True
+                _LOG.info("torch.compile of %s: its first call compiles it", self.fn.__name__)
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # any compiler failure: run eagerly from now on
+                self.failed = True
+                warnings.warn(
+                    f"torch.compile of {self.fn.__name__} failed ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}); running eagerly. Set compile=False to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.fn(*args, **kwargs)
+
+
+_CACHE: dict[Callable[..., Any], _Compiled] = {}
+
+
+def maybe_compiled(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
+    """``fn`` itself, or its compiled version (built once per process, fixed shapes).
+
+    The functions take modules and tensors as arguments rather than being bound methods, so
+    copies of a module (``copy.deepcopy``) never call into the original's compiled graph.
+    """
+    if not enabled:
+        return fn
+    if fn not in _CACHE:
+        _CACHE[fn] = _Compiled(fn, fullgraph=True)
+    return _CACHE[fn]
+
+
+def train_step_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile a whole update (``update.train_step``) as one graph, gradients included.
+
+    ``torch._dynamo.config.trace_autograd_ops`` lets dynamo trace ``torch.autograd.grad``
+    into the graph, so forward, backward and the optimiser step become one graph. The scans
+    unroll, so compiling takes minutes for the default 16 x 64 window on a CPU.
+    """
+    torch._dynamo.config.trace_autograd_ops = True
+    return torch.compile(fn, fullgraph=True, dynamic=False)
