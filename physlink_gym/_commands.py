@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,15 @@ def train(args: argparse.Namespace) -> int:
     every = max(args.timesteps // 5, 1)
     callbacks = [ComplianceCallback(every_n_steps=every),
                  TriptychCallback(gym.make(args.env), every, Path(args.logdir) / "triptych")]
+    if args.eval_episodes:
+        print(_evaluation("before training", model, args))
+    start = time.perf_counter()
     model.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    print(f"trained {model.num_timesteps} env steps with {model._n_updates} updates in "
+          f"{elapsed:.0f} s")
+    if args.eval_episodes:
+        print(_evaluation("after training", model, args))
     run_dir = Path(model.logger.get_dir() or args.logdir)
     save_path = Path(args.save) if args.save else run_dir / "model.zip"
     model.save(save_path)
@@ -113,6 +122,20 @@ def train(args: argparse.Namespace) -> int:
     print(report_.summary())
     venv.close()
     return 0
+
+
+def _evaluation(when: str, model: Any, args: argparse.Namespace) -> str:
+    """Mean return of ``args.eval_episodes`` deterministic episodes on the plain env."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    env = Monitor(gym.make(args.env))
+    env.reset(seed=args.seed + 10_000)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=args.eval_episodes,
+                                deterministic=True)
+    env.close()
+    return (f"evaluation {when}: mean return {mean:.1f} ± {std:.1f} over {args.eval_episodes} "
+            "deterministic episodes")
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ from physlink_gym.report import (
 )
 
 __all__ = [
-    "ACTIVE", "DISABLED", "SKIP", "Slot", "make_slot", "not_applicable_report", "valid_mask",
+    "ACTIVE", "DISABLED", "RECORD_KEYS", "SKIP", "Slot", "find_record", "make_slot",
+    "not_applicable_report", "record_key", "valid_mask",
 ]
 
 ACTIVE, SKIP, DISABLED = 0, 1, 2  # SKIP: its before_step hook failed, skip one check
@@ -148,7 +149,42 @@ class Slot:
             setattr(self, k, v)
 
 
-def valid_mask(infos: Any, *, info_key: str = "physlink", missing: bool = False,
+RECORD_KEYS = frozenset({"valid", "cost", "residuals", "violated"})
+
+
+def record_key(info: Any) -> str | None:
+    """The key under which :class:`~physlink_gym.InvariantWrapper` put its record in ``info``.
+
+    ``"physlink"`` unless the wrapper was given another ``info_key``: then the key whose value
+    is a dict with the record's fields (``valid``, ``cost``, ``residuals``, ``violated``).
+    Every reader of the record (``valid_mask``, DreamerV3's replay and statistics,
+    ``record_trajectories``) finds it through here, so a custom ``info_key`` is never ignored.
+
+    Example:
+        >>> record_key({"pl": {"valid": False, "cost": 0.0, "residuals": {}, "violated": {}}})
+        'pl'
+        >>> record_key({"cost": 1.0}) is None
+        True
+    """
+    if not isinstance(info, dict):
+        return None
+    record = info.get("physlink")
+    if isinstance(record, dict) and "valid" in record:
+        return "physlink"
+    for key, value in info.items():
+        if isinstance(value, dict) and RECORD_KEYS <= value.keys():
+            return str(key)
+    return None
+
+
+def find_record(info: Any, info_key: str | None = None) -> dict[str, Any] | None:
+    """The wrapper's per-step record in ``info`` (``info_key``, or found by :func:`record_key`)."""
+    key = record_key(info) if info_key is None else info_key
+    record = info.get(key) if key is not None and isinstance(info, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def valid_mask(infos: Any, *, info_key: str | None = None, missing: bool = False,
                num_envs: int | None = None) -> np.ndarray:
     """Per-env ``valid`` flags from step infos, as a bool array of shape ``(n_envs,)``.
 
@@ -156,7 +192,9 @@ def valid_mask(infos: Any, *, info_key: str = "physlink", missing: bool = False,
     vector info dict (batched arrays with ``_key`` masks); for the latter, a sub-env whose
     ``final_info`` is set (autoreset mode SAME_STEP, or Gymnasium < 1.0) is read from it.
     Envs without a record (e.g. the reset step of NEXT_STEP autoreset) get ``missing``. Pass
-    ``num_envs`` for Gymnasium vector infos: an all-reset step gives an empty info dict.
+    ``num_envs`` for Gymnasium vector infos: an all-reset step gives an empty info dict. The
+    record is found under ``info_key``, or by :func:`record_key` when it is None (a wrapper
+    with a custom ``info_key``).
 
     Example:
         >>> valid_mask([{"physlink": {"valid": True}}, {"physlink": {"valid": False}}, {}])
@@ -170,6 +208,8 @@ def valid_mask(infos: Any, *, info_key: str = "physlink", missing: bool = False,
         raise ValidationError(got=f"infos of type {type(infos).__name__}",
                               expected="an info dict or a list of info dicts",
                               fix="pass the info returned by env.step / venv.step")
+    if info_key is None:
+        info_key = record_key(infos) or record_key(_first_final(infos)) or "physlink"
     record = infos.get(info_key)
     single = isinstance(record, dict) and isinstance(record.get("valid"), (bool, np.bool_))
     masks = [len(v) for k, v in infos.items() if k.startswith("_") and isinstance(v, np.ndarray)]
@@ -197,6 +237,15 @@ def _vector_valid(infos: dict[str, Any], info_key: str, missing: bool, n: int) -
     return mask
 
 
-def _single_valid(info: Any, info_key: str, missing: bool) -> bool:
-    record = info.get(info_key) if isinstance(info, dict) else None
-    return bool(record["valid"]) if isinstance(record, dict) and "valid" in record else missing
+def _first_final(infos: dict[str, Any]) -> Any:
+    final = infos.get("final_info")
+    if isinstance(final, dict):
+        return final
+    if isinstance(final, (list, tuple, np.ndarray)):
+        return next((f for f in final if isinstance(f, dict)), None)
+    return None
+
+
+def _single_valid(info: Any, info_key: str | None, missing: bool) -> bool:
+    record = find_record(info, info_key)
+    return bool(record["valid"]) if record is not None and "valid" in record else missing

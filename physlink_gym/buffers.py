@@ -23,7 +23,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from physlink_gym.errors import ConfigurationError, ValidationError
-from physlink_gym.wrappers import valid_mask
+from physlink_gym._records import find_record, valid_mask
 
 __all__ = ["InvariantFilteredReplayBuffer"]
 
@@ -48,14 +48,15 @@ class InvariantFilteredReplayBuffer(ReplayBuffer):
         n_envs: Number of parallel envs feeding ``add``.
         optimize_memory_usage: Must be False.
         handle_timeout_termination: As in SB3.
-        info_key: The wrapper's ``info_key``.
+        info_key: The wrapper's ``info_key``; None (default) finds the record whatever key
+            the wrapper was given.
     """
 
     def __init__(
         self, buffer_size: int, observation_space: spaces.Space[Any],
         action_space: spaces.Space[Any], device: th.device | str = "auto", n_envs: int = 1,
         optimize_memory_usage: bool = False, handle_timeout_termination: bool = True,
-        info_key: str = "physlink",
+        info_key: str | None = None,
     ) -> None:
         if optimize_memory_usage:
             raise ConfigurationError(
@@ -74,9 +75,9 @@ class InvariantFilteredReplayBuffer(ReplayBuffer):
             done: np.ndarray, infos: list[dict[str, Any]]) -> None:
         """Store the valid transitions of one vector step; count the flagged ones."""
         mask = valid_mask(infos, info_key=self.info_key, missing=False)
-        if len(mask) and not any(self.info_key in info for info in infos):
+        if len(mask) and not any(find_record(info, self.info_key) is not None for info in infos):
             raise ConfigurationError(
-                got=f"step infos without info[{self.info_key!r}]",
+                got=f"step infos without the wrapper's record (info_key={self.info_key!r})",
                 expected="envs wrapped in physlink_gym.InvariantWrapper",
                 fix="wrap each env: make_vec_env(..., wrapper_class=InvariantWrapper, "
                 "wrapper_kwargs={'invariants': [...]})")

@@ -123,6 +123,9 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
                         "e.g. --set lr=3e-4 --set warmup=100")
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="checkpoint path (default: <run folder>/model.zip)")
+    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N",
+                        help="deterministic episodes evaluated before and after training on the "
+                        "plain env (0: skip)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=_cmd_train)
 

@@ -1,15 +1,18 @@
-"""Update and policy-step speed of the DreamerV3 learner on this machine.
+"""DreamerV3 update speed: a baseline revision against the working tree, side by side in one run.
 
-For each preset (and torch.compile off/on) it builds a learner for a 17-dim observation and
-6-dim continuous action (HalfCheetah-sized), times a few warm-up updates (the first includes any
-compilation), then reports the median over ``--updates`` updates of a batch of
-``--batch x --length`` replayed steps, in wall-clock seconds and process CPU seconds, and the
-median latency of ``policy_step`` for 1 and 16 envs. Results go between the markers of
-``docs/benchmarks/speed.md`` for that thread count (the rest of the file is left as is).
+For each preset and each code version (``--baseline REV``, by default the last commit before the
+update was rewritten as one function, against the checked-out tree) a fresh process builds a
+learner for a 17-dim observation and 6-dim continuous action (HalfCheetah-sized), times the
+first update (any compilation included) and a few warm-up updates, then reports over
+``--updates`` updates of a ``--batch x --length`` window: the median wall-clock and process CPU
+seconds, the number of ``torch.profiler`` events of one update (the figure that predicts kernel
+launches on an accelerator) and the median ``policy_step`` latency. The rows alternate between
+versions so that load drifts hit both. Results go between the markers of
+``docs/benchmarks/speed.md`` for that thread count, with the load average before and after.
 
 Usage:
-    python scripts/bench_speed.py                       # debug, 1m, 12m, xs; compile off and on
-    python scripts/bench_speed.py --presets 1m --compile off --threads 1
+    python scripts/bench_speed.py --threads 2                 # debug, 1m, 12m: baseline vs now
+    python scripts/bench_speed.py --presets 1m --versions new --compile on off
 """
 
 from __future__ import annotations
@@ -18,25 +21,70 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from physlink_gym.agents.dreamerv3.config import make_config
-from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
-
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "c9e1354"  # last commit before the update became one function (update.py)
 OBS, ACT = 17, 6
-# sheeprl's DreamerV3 "XS": deter (recurrent state) 256, hidden 256, 32 x 32 latents, MLPs 256.
-EXTRA = {"xs": ("1m", {"deter": 256, "hidden": 256, "classes": 32, "units": 256})}
 MARKERS = "<!-- results:threads={}:start -->", "<!-- results:threads={}:end -->"
 
 
-def make_batch(batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def measure(preset: str, compile_: bool, args: argparse.Namespace) -> dict[str, float]:
+    """Run in a child process whose ``sys.path`` starts with the version under test."""
+    import torch
+    from torch.profiler import profile
+
+    from physlink_gym.agents.dreamerv3.config import make_config
+    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
+
+    torch.set_num_threads(args.threads)
+    cfg = make_config(preset, compile=compile_)
+    torch.manual_seed(0)
+    learner = DreamerV3Learner(cfg, OBS, ACT, discrete=False)
+    batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
+
+    def one() -> None:
+        metrics = learner.train_step(batch)
+        float(metrics["loss/total"])  # wait for the values (both versions)
+
+    start = time.perf_counter()
+    one()
+    first = time.perf_counter() - start
+    for _ in range(args.warmup - 1):
+        one()
+    wall, cpu = [], []
+    for _ in range(args.updates):
+        w, c = time.perf_counter(), time.process_time()
+        one()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    with profile() as prof:
+        one()
+    policy = []
+    obs, state = torch.randn(1, OBS), learner.initial_state(1)
+    first_flags = torch.zeros(1, dtype=torch.bool)
+    for _ in range(args.policy_steps):
+        w = time.perf_counter()
+        _, state = learner.policy_step(obs, state, first_flags)
+        policy.append(time.perf_counter() - w)
+    return {
+        "params": sum(p.numel() for p in learner.trainable_parameters()),
+        "first": first, "wall": statistics.median(wall), "best": min(wall),
+        "cpu": statistics.median(cpu), "events": len(prof.events()),
+        "policy": statistics.median(policy[10:]),
+    }
+
+
+def make_batch(batch: int, length: int, gen: object) -> dict[str, object]:
+    import torch
+
+    assert isinstance(gen, torch.Generator)
     is_first = torch.zeros(batch, length, dtype=torch.bool)
     is_first[:, 0] = True
     is_first[0, length // 2] = True  # one episode boundary inside the window
@@ -52,65 +100,53 @@ def make_batch(batch: int, length: int, gen: torch.Generator) -> dict[str, torch
     }
 
 
-def bench_preset(name: str, compile_: bool, args: argparse.Namespace) -> dict[str, float]:
-    name, _, shape = name.partition("@")  # e.g. "debug@4x16": another batch x length
-    b, t = (int(v) for v in shape.split("x")) if shape else (args.batch, args.length)
-    preset, extra = EXTRA.get(name, (name, {}))
-    cfg = make_config(preset, compile=compile_, **extra)
-    torch.manual_seed(0)
-    learner = DreamerV3Learner(cfg, OBS, ACT, discrete=False)
-    params = sum(p.numel() for p in learner.trainable_parameters())
-    batch = make_batch(b, t, torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    learner.train_step(batch)
-    first = time.perf_counter() - start
-    for _ in range(args.warmup - 1):
-        learner.train_step(batch)
-    wall, cpu = [], []
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(args.updates):
-        w, c = time.perf_counter(), time.process_time()
-        learner.train_step(batch)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.updates
-    out = {
-        "params": params,
-        "first": first,
-        "wall": statistics.median(wall),
-        "best": min(wall),
-        "cpu": statistics.median(cpu),
-        "faults": faults,
-    }
-    for envs in (1, 16):
-        obs, state = torch.randn(envs, OBS), learner.initial_state(envs)
-        first_flags = torch.zeros(envs, dtype=torch.bool)
-        times = []
-        for _ in range(args.policy_steps):
-            w = time.perf_counter()
-            _, state = learner.policy_step(obs, state, first_flags)
-            times.append(time.perf_counter() - w)
-        out[f"policy{envs}"] = statistics.median(times[10:])
-    return out
+def export_baseline(rev: str, dest: Path) -> Path:
+    """Extract ``physlink_gym/`` of ``rev`` into ``dest`` (git archive; nothing is installed)."""
+    archive = dest / "baseline.tar"
+    with archive.open("wb") as fh:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "physlink_gym"], stdout=fh,
+                       check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
 
 
-def table(rows: list[tuple[str, str, dict[str, float]]], args: argparse.Namespace) -> str:
+def run_child(path: Path, preset: str, compile_: bool, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(path)}
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--one", f"{preset}:{int(compile_)}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=path)
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def table(rows: list[tuple[str, str, str, dict]], args: argparse.Namespace) -> str:
     lines = [
-        f"Batch {args.batch} x {args.length} unless the preset says @BxT, "
-        f"torch.set_num_threads({args.threads}), "
-        f"median over {args.updates} updates after {args.warmup} warm-up updates.",
+        f"Batch {args.batch} x {args.length}, torch.set_num_threads({args.threads}), median over "
+        f"{args.updates} updates after {args.warmup} warm-up updates; `events` is the number of "
+        "torch.profiler events of one update.",
         "",
-        "| preset | compile | params | updates/s | s/update (wall) | best s/update | "
-        "CPU s/update | first update s | page faults/update | policy_step 1 env ms | 16 envs ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | code | compile | params | s/update (wall) | best | CPU s/update | events | "
+        "first update s | policy_step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, comp, r in rows:
+    for preset, version, comp, r in rows:
         lines.append(
-            f"| {name} | {comp} | {r['params'] / 1e6:.2f}M | {1 / r['wall']:.2f} | "
-            f"{r['wall']:.3f} | {r['best']:.3f} | {r['cpu']:.3f} | {r['first']:.1f} | "
-            f"{r['faults']:.0f} | "
-            f"{r['policy1'] * 1e3:.2f} | {r['policy16'] * 1e3:.2f} |"
+            f"| {preset} | {version} | {comp} | {r['params'] / 1e6:.2f}M | {r['wall']:.3f} | "
+            f"{r['best']:.3f} | {r['cpu']:.3f} | {r['events']:,} | {r['first']:.1f} | "
+            f"{r['policy'] * 1e3:.2f} |"
         )
+    ratios = []
+    for preset in args.presets:
+        old = [r for p, v, c, r in rows if p == preset and v == "baseline"]
+        new = [r for p, v, c, r in rows if p == preset and v == "new" and c == "off"]
+        if old and new:
+            ratios.append(
+                f"{preset}: {old[0]['wall'] / new[0]['wall']:.2f}x faster wall, "
+                f"{old[0]['cpu'] / new[0]['cpu']:.2f}x less CPU, "
+                f"{old[0]['events'] / new[0]['events']:.2f}x fewer events"
+            )
+    if ratios:
+        lines += ["", "New (eager) against baseline: " + "; ".join(ratios) + "."]
     return "\n".join(lines)
 
 
@@ -122,51 +158,48 @@ def write(path: Path, text: str, threads: int) -> None:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--presets",
-        nargs="+",
-        default=["debug@4x16", "debug", "1m", "xs", "12m"],
-        help="preset names, 'xs' (sheeprl's XS sizes), optionally @BxT for another batch",
-    )
-    parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--presets", nargs="+", default=["debug", "1m", "12m"])
+    parser.add_argument("--versions", nargs="+", choices=["baseline", "new"],
+                        default=["baseline", "new"])
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of the baseline")
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"],
+                        help="compile settings of the new code (the baseline runs eagerly)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--policy-steps", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/speed.md"))
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "name:on|off", prints JSON
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/speed.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "preset:0|1", prints JSON
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     if args.one:
-        name, comp = args.one.rsplit(":", 1)
-        print(json.dumps(bench_preset(name, comp == "on", args)))
+        preset, comp = args.one.rsplit(":", 1)
+        print(json.dumps(measure(preset, comp == "1", args)))
         return
-    modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.compile]
     load_before = os.getloadavg()
     rows = []
-    for name in args.presets:
-        for comp in modes:
-            # A fresh process per row: no shared allocator state, and torch.compile's per-function
-            # recompile limit (8 graphs) is not spent by the earlier rows.
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", f"{name}:{comp}"]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            result = json.loads(out.strip().splitlines()[-1])
-            rows.append((name, comp, result))
-            print(name, comp, {k: round(v, 4) for k, v in result.items()}, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"new": ROOT}
+        if "baseline" in args.versions:
+            paths["baseline"] = export_baseline(args.baseline, Path(tmp))
+        for preset in args.presets:
+            for version in args.versions:
+                for comp in args.compile if version == "new" else ["off"]:
+                    result = run_child(paths[version], preset, comp == "on", args)
+                    rows.append((preset, version, comp, result))
+                    print(preset, version, comp, {k: round(v, 4) for k, v in result.items()},
+                          flush=True)
     load_after = os.getloadavg()
     info = (
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"torch {torch.__version__}, Python {platform.python_version()}; load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after "
-        f"({time.strftime('%Y-%m-%d %H:%M')})."
+        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs; baseline "
+        f"{args.baseline}; Python {platform.python_version()}; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({time.strftime('%Y-%m-%d %H:%M')})."
     )
     text = info + "\n\n" + table(rows, args)
     print(text)

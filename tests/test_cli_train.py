@@ -9,7 +9,7 @@ import pytest
 from physlink_gym.cli import main
 
 TINY = ["--preset", "debug", "--timesteps", "60", "--learning-starts", "30",
-        "--train-ratio", "256", "--no-progress"]
+        "--train-ratio", "256", "--no-progress", "--eval-episodes", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,19 @@ def test_train_writes_checkpoint_logs_report_and_triptych(trained, capsys):
     assert names == ["finite", "action_bounds", "pendulum_energy"]
     assert (run / "compliance.png").stat().st_size > 0
     assert list((logdir / "triptych").glob("triptych_*.gif"))
+
+
+def test_train_prints_the_return_before_and_after_training(tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--eval-episodes", "0")]
+    code = main(["train", "--env", "Pendulum-v1", "--logdir", str(tmp_path), *args,
+                 "--eval-episodes", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("evaluation")]
+    assert [line.split(":")[0] for line in lines] == [
+        "evaluation before training", "evaluation after training"]
+    assert all("over 2 deterministic episodes" in line for line in lines)
+    assert "trained 60 env steps with" in out
 
 
 def test_train_set_overrides_reach_the_saved_config(trained):

@@ -111,3 +111,17 @@ def test_from_dict_rejects_unknown_keys() -> None:
     data = make_config().to_dict() | {"nonsense": 1}
     with pytest.raises(ConfigurationError, match="nonsense"):
         DreamerV3Config.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("scale_dec", float("nan")), ("train_ratio", float("inf")), ("lr", float("nan")),
+     ("lr", 0.0), ("actent", -1.0), ("free_nats", float("-inf")), ("beta2", 1.0),
+     ("retnorm_rate", 0.0), ("eps", "1e-20"), ("agc", True), ("unimix", 1.5),
+     ("norm_eps", 0.0), ("slowreg", float("nan")), ("contdisc", 1), ("bins", 255.0),
+     ("actor_maxstd", float("inf"))],
+)
+def test_every_float_setting_is_finite_and_in_range(field: str, value: object) -> None:
+    # Regression: scale_dec=nan passed, and train_ratio=inf raised OverflowError deep inside.
+    with pytest.raises(ConfigurationError, match=field):
+        make_config("debug", **{field: value})

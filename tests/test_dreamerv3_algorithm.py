@@ -217,3 +217,54 @@ def test_visualize_writes_the_triptych_gif(tmp_path):
     path = model.visualize(gym.make("Pendulum-v1"), tmp_path / "wm.gif", steps=12)
     with Image.open(path) as gif:
         assert gif.format == "GIF" and gif.n_frames >= 6
+
+
+def test_a_custom_info_key_still_masks_flagged_transitions() -> None:
+    # Regression: readers hard-coded "physlink", so info_key="pl" let every flagged transition
+    # into DreamerV3's replay as valid and logged no invariant statistics.
+    import gymnasium as gym
+
+    from physlink_gym import Invariant, InvariantWrapper
+
+    flag_all = Invariant("flag_all", lambda t: 1.0, tolerance=0.5, mode="hard")
+    env = InvariantWrapper(gym.make("Pendulum-v1"), [flag_all], info_key="pl")
+    model = DreamerV3("MlpPolicy", env, preset="debug", learning_starts=10_000, seed=0)
+    model.learn(40)
+    assert model.replay_buffer is not None
+    valid = model.replay_buffer.state_dict()["valid"][0]
+    assert len(valid) == 41 and valid[0] and not valid[1:].any()  # reset entry, 40 flagged
+    assert model.invariant_stats.steps == 40 and model.invariant_stats.flagged == 40
+
+
+class _NaNAt(gym.Wrapper):
+    """Returns a NaN observation on the given steps (a blown-up simulator)."""
+
+    def __init__(self, env: gym.Env, steps: set[int]) -> None:
+        super().__init__(env)
+        self.bad, self.t = steps, 0
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        if self.t in self.bad:
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_nan_observations_never_crash_learning(wrapped: bool) -> None:
+    # Regression: the NaN reached the recurrent policy and learn() died in torch.normal.
+    from physlink_gym import InvariantWrapper, invariants
+
+    env: gym.Env = _NaNAt(gym.make("Pendulum-v1"), {5, 6, 30})
+    if wrapped:
+        env = InvariantWrapper(env, [invariants.finite()])
+    model = DreamerV3("MlpPolicy", env, preset="debug", learning_starts=20, batch_size=2,
+                      sequence_length=8, train_ratio=32, seed=0)
+    model.learn(60)
+    assert model.policy.nonfinite_obs == 3
+    valid = model.replay_buffer.state_dict()["valid"][0]
+    assert not valid[[5, 6, 30]].any() and valid[[1, 4, 7, 29, 31]].all()
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    action, _ = model.predict(np.full(3, np.nan, np.float32), deterministic=True)
+    assert np.isfinite(action).all()

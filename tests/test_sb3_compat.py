@@ -248,3 +248,14 @@ def test_learning_rate_schedule_sets_the_rate_and_is_saved_as_its_value(tmp_path
     assert loaded.learning_rate == pytest.approx(1e-4)  # JSON holds the value, not the code
     with pytest.raises(ConfigurationError, match=r"fails at progress 1\.0"):
         make_model(learning_rate=lambda: 1e-3)
+
+
+def test_a_schedule_that_turns_non_finite_stops_with_a_clear_error() -> None:
+    from physlink_gym.errors import ConfigurationError
+
+    model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", learning_starts=16,
+                      batch_size=2, sequence_length=8, train_ratio=16, seed=0,
+                      learning_rate=lambda progress: 1e-3 if progress > 0.5 else float("nan"))
+    with pytest.raises(ConfigurationError, match="learning rate of nan"):
+        model.learn(64)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())

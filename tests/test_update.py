@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -289,3 +290,22 @@ def test_whole_update_compiles_as_one_graph() -> None:
     torch.testing.assert_close(m_graph["loss/total"], m_eager["loss/total"], rtol=1e-5, atol=0)
     for p, q in zip(learner.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_reset_window_start_flag_takes_effect() -> None:
+    # Regression: the replay always set is_first[:, 0], so reset_window_start=False did nothing.
+    from physlink_gym.agents.dreamerv3.replay import SequenceReplay
+
+    replay = SequenceReplay(capacity=64, n_envs=1, obs_dim=OBS, action_dim=ACT, seed=0)
+    for t in range(40):
+        replay.add(np.full((1, OBS), t, np.float32), np.ones((1, ACT), np.float32),
+                   np.ones(1, np.float32), np.array([t == 0]), np.zeros(1, bool),
+                   np.ones(1, bool))
+    sample = {k: torch.as_tensor(v) for k, v in replay.sample(8, 10).items()}
+    mid_episode = sample["obs"][:, 0, 0] > 0
+    assert mid_episode.any()
+    keep = _learner(reset_window_start=False).prepare_batch(sample)
+    reset = _learner(reset_window_start=True).prepare_batch(sample)
+    assert reset["is_first"][:, 0].eq(1).all()
+    assert keep["is_first"][mid_episode, 0].eq(0).all()
+    assert keep["action"][mid_episode, 0].abs().sum() > 0  # the action into the window's start

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from physlink_gym._records import find_record
 from physlink_gym._version import __version__
 from physlink_gym.checkpoint import atomic_write, write_npz
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError, ValidationError
@@ -263,8 +264,8 @@ class _Buffer:
 
     def add(self, obs: Any, action: np.ndarray, reward: float, info: dict[str, Any],
             first: bool = False, terminal: bool = False, last: bool = False) -> None:  # fmt: skip
-        physlink = info.get("physlink")
-        valid = physlink.get("valid", True) if isinstance(physlink, dict) else True
+        record = find_record(info)  # the wrapper's record, whatever its info_key
+        valid = record.get("valid", True) if record is not None else True
         index = len(self.rows["obs"])
         flat_obs = np.atleast_1d(np.asarray(obs, np.float32))
         values = (flat_obs, action, reward, first, terminal, last, bool(valid))

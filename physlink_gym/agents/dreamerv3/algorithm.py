@@ -21,6 +21,7 @@ action sampling are per-transition and would drop the recurrent state.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -323,6 +324,27 @@ class DreamerV3(BaseAlgorithm):
         self.logger.record_mean("time/updates_per_second", gradient_steps / max(elapsed, 1e-9))
         self._update_metrics.check_finite()
 
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """Set the schedule's current rate on the optimiser; refuse a non-finite or negative one.
+
+        The rate the update applies (warm-up included) is logged as ``train/learning_rate``
+        from the update's metrics, once; SB3's own record of the schedule value is not made.
+        """
+        value = self.lr_schedule(self._current_progress_remaining)
+        try:
+            lr = float(value)
+        except (TypeError, ValueError):
+            lr = float("nan")
+        if not (math.isfinite(lr) and lr >= 0.0):
+            raise ConfigurationError(
+                got=f"a learning rate of {value!r} from the schedule at progress "
+                f"{self._current_progress_remaining:.3f}",
+                expected="a finite float >= 0 at every progress value",
+                fix="fix the learning_rate schedule (it must return finite floats >= 0)",
+            )
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = lr
+
     def dump_logs(self) -> None:
         """Write the ``rollout/``, ``time/``, ``train/`` and ``invariants/`` records."""
         assert self.ep_info_buffer is not None
@@ -339,6 +361,8 @@ class DreamerV3(BaseAlgorithm):
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.invariant_stats.record(self.logger)
         self._update_metrics.record(self.logger)
+        if self.policy.nonfinite_obs:
+            self.logger.record("rollout/nonfinite_obs", self.policy.nonfinite_obs)
         self.logger.dump(step=self.num_timesteps)
 
     # -- persistence ----------------------------------------------------------------------------

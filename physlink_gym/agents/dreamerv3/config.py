@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +259,11 @@ def _fail(name: str, value: Any, expected: str) -> None:
     raise ConfigurationError(got=f"{name}={value!r}", expected=expected, fix=f"pass a valid {name}")
 
 
+_UNIT = ("unimix", "actor_unimix", "lam", "repval_lam", "slow_critic_rate")  # in [0, 1]
+_POSITIVE = ("norm_eps", "lr", "agc_pmin", "train_ratio", "retnorm_rate")  # > 0
+_BETAS = ("beta1", "beta2")  # in [0, 1)
+
+
 def _validate(cfg: DreamerV3Config) -> None:
     positive = (
         "deter hidden stoch classes blocks units enc_layers dec_layers actor_layers "
@@ -272,19 +278,30 @@ def _validate(cfg: DreamerV3Config) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(name, value, "an int >= 0")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type == "bool" and not isinstance(value, bool):
+            _fail(f.name, value, "True or False")
+        if f.type == "float":  # every float: a finite real number, then its range
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                _fail(f.name, value, "a number")
+            if not math.isfinite(value):
+                _fail(f.name, value, "a finite number")
+            if f.name in _UNIT and not 0.0 <= value <= 1.0:
+                _fail(f.name, value, "a float in [0, 1]")
+            elif f.name in _POSITIVE and not value > 0.0:
+                _fail(f.name, value, "a float > 0")
+            elif f.name in _BETAS and not 0.0 <= value < 1.0:
+                _fail(f.name, value, "a float in [0, 1)")
+            elif value < 0.0:  # scales, outscales, free bits, eps, agc, ...: >= 0
+                _fail(f.name, value, "a float >= 0")
     if cfg.deter % cfg.blocks:
         _fail("deter", cfg.deter, f"a multiple of blocks={cfg.blocks}")
-    if cfg.bins < 2:
+    if isinstance(cfg.bins, bool) or not isinstance(cfg.bins, int) or cfg.bins < 2:
         _fail("bins", cfg.bins, "an int >= 2")
-    for name in ("unimix", "actor_unimix", "lam", "repval_lam", "slow_critic_rate"):
-        value = getattr(cfg, name)
-        if not 0.0 <= value <= 1.0:
-            _fail(name, value, "a float in [0, 1]")
-    if not 0.0 < cfg.actor_minstd <= cfg.actor_maxstd:
+    if not cfg.actor_minstd <= cfg.actor_maxstd or not cfg.actor_minstd > 0:
         _fail("actor_minstd", cfg.actor_minstd, f"0 < actor_minstd <= {cfg.actor_maxstd}")
     if not 0.0 <= cfg.retnorm_low < cfg.retnorm_high <= 100.0:
         _fail("retnorm_low", cfg.retnorm_low, "0 <= retnorm_low < retnorm_high <= 100")
     if cfg.compute_dtype not in ("float32", "bfloat16"):
         _fail("compute_dtype", cfg.compute_dtype, "'float32' or 'bfloat16'")
-    if not cfg.lr > 0 or not cfg.train_ratio > 0:
-        _fail("lr/train_ratio", (cfg.lr, cfg.train_ratio), "positive floats")

@@ -84,6 +84,7 @@ class DreamerV3Policy(BasePolicy):
         self.act_dim, self.discrete = action_dim_of(action_space)
         self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete)
         self.optimizer = self.learner.optimizer
+        self.nonfinite_obs = 0  # observations that were not finite (see act)
         if not self.discrete:
             assert isinstance(action_space, spaces.Box)
             self._low = action_space.low.astype(np.float64)
@@ -106,9 +107,23 @@ class DreamerV3Policy(BasePolicy):
         self, obs: np.ndarray, state: tuple[torch.Tensor, ...], is_first: np.ndarray,
         deterministic: bool,
     ) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
-        """One batched policy step on raw observations; returns learner-space actions."""
-        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
-        first_t = torch.as_tensor(np.asarray(is_first, dtype=bool), device=self.device)
+        """One batched policy step on raw observations; returns learner-space actions.
+
+        A row whose observation is not finite (a NaN or inf from the env) never reaches the
+        networks: it is read as a stream cut, the row's recurrent state restarts
+        (``is_first``) and the policy acts on a zero observation. Such rows are counted in
+        :attr:`nonfinite_obs` (TensorBoard: ``rollout/nonfinite_obs``); the replay stores those
+        entries as invalid, so they are never trained on either.
+        """
+        obs = np.asarray(obs, dtype=np.float32)
+        is_first = np.asarray(is_first, dtype=bool)
+        bad = ~np.isfinite(obs).reshape(len(obs), -1).all(axis=1)
+        if bad.any():
+            obs = np.where(bad.reshape(-1, *([1] * (obs.ndim - 1))), np.float32(0.0), obs)
+            is_first = is_first | bad
+            self.nonfinite_obs += int(bad.sum())
+        obs_t = torch.as_tensor(obs, device=self.device)
+        first_t = torch.as_tensor(is_first, device=self.device)
         self.learner.eval()
         action, new_state = self.learner.policy_step(obs_t, state, first_t, deterministic)  # type: ignore[arg-type]
         return action.cpu().numpy(), tuple(new_state)

@@ -15,7 +15,8 @@ Windows may cross episode boundaries; ``is_first`` marks them.
 Samples are *sanitised* for the learner: where ``valid`` is False, obs, action and reward are
 zeroed (a NaN in a flagged entry cannot reach a loss, even multiplied by 0), ``is_terminal`` is
 False and ``is_first`` is True; the entry after an invalid one also gets ``is_first`` (the stream
-is cut there, so flagged transitions never feed the recurrent state); ``is_first[:, 0]`` is True.
+is cut there, so flagged transitions never feed the recurrent state). Whether each window starts
+from the initial state is the learner's choice (``DreamerV3Config.reset_window_start``).
 Entries whose obs, action or reward are not finite are stored as invalid.
 
 Example:
@@ -27,7 +28,7 @@ Example:
     >>> len(rb), rb.can_sample(8), rb.nbytes_per_step
     (20, True, 23)
     >>> batch = rb.sample(4, 8)
-    >>> batch["obs"].shape, batch["is_first"][:, 0].all()
+    >>> batch["obs"].shape, batch["valid"].all()
     ((4, 8, 3), np.True_)
 """
 
@@ -378,5 +379,4 @@ def _sanitise(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     first = batch["is_first"]
     first |= invalid
     first[:, 1:] |= invalid[:, :-1]
-    first[:, 0] = True
     return batch

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from physlink_gym._records import find_record
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.errors import TrainingError
 
@@ -23,11 +24,12 @@ __all__ = ["EntryWriter", "InvariantStats", "UpdateMetrics", "transition_valid"]
 def transition_valid(info: dict[str, Any]) -> bool:
     """Whether :class:`~physlink_gym.InvariantWrapper` left the transition unflagged.
 
+    The record is found under the wrapper's ``info_key``, whatever it is (:func:`find_record`).
     Non-finite observations, actions and rewards need no check here: the replay stores those
     entries as invalid itself (vectorised, in ``SequenceReplay.add``), wrapped env or not.
     """
-    record = info.get("physlink")
-    return not (isinstance(record, dict) and not record.get("valid", True))
+    record = find_record(info)
+    return not (record is not None and not record.get("valid", True))
 
 
 class EntryWriter:
@@ -109,8 +111,8 @@ class InvariantStats:
     def update(self, infos: list[dict[str, Any]]) -> None:
         """Add one vector step's infos."""
         for info in infos:
-            record = info.get("physlink")
-            if not isinstance(record, dict):
+            record = find_record(info)
+            if record is None:
                 continue
             self.seen = True
             self.steps += 1
