@@ -22,8 +22,8 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from physlink_gym.errors import ConfigurationError, ValidationError
 from physlink_gym._records import find_record, valid_mask
+from physlink_gym.errors import ConfigurationError, ValidationError
 
 __all__ = ["InvariantFilteredReplayBuffer"]
 

@@ -199,7 +199,8 @@ def main() -> None:
     info = (
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs; baseline "
         f"{args.baseline}; Python {platform.python_version()}; load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({time.strftime('%Y-%m-%d %H:%M')})."
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after "
+        f"({time.strftime('%Y-%m-%d %H:%M')})."
     )
     text = info + "\n\n" + table(rows, args)
     print(text)
