@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,8 @@ __all__ = [
     "FORMAT_VERSION",
     "MEMBERS",
     "atomic_write",
+    "check_members",
+    "check_regular_file",
     "flatten_state",
     "load_checkpoint",
     "save_checkpoint",
@@ -199,18 +202,67 @@ def save_checkpoint(
     return atomic_write(path, write)
 
 
-def _corrupt(path: str | os.PathLike[str], problem: str, fix: str = "") -> CheckpointCorruptError:
+_CHECKPOINT = f"a physlink_gym checkpoint: a zip holding exactly {list(MEMBERS)}"
+_ANY_FILE = "a file written by physlink_gym (an uncompressed zip)"
+
+
+def _corrupt(path: str | os.PathLike[str], problem: str, fix: str = "",
+             expected: str = _CHECKPOINT) -> CheckpointCorruptError:
     return CheckpointCorruptError(
-        got=f"{os.fspath(path)!r}: {problem}",
-        expected=f"a physlink_gym checkpoint: a zip holding exactly {list(MEMBERS)}",
-        fix=fix or "check the path, or use an earlier checkpoint (this file is damaged)",
+        got=f"{os.fspath(path)!r}: {problem}", expected=expected,
+        fix=fix or "check the path, or use an earlier copy (this file is damaged)",
     )
+
+
+#: Largest metadata member read (JSON); tensors are bounded by the file's own size.
+MAX_METADATA_BYTES = 64 * 1024**2
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> int:
+    """The size of ``path`` if it is a regular file; else a :class:`CheckpointCorruptError`.
+
+    A device or pipe (``/dev/zero``, a FIFO) would be read forever, so it is refused before
+    anything is opened.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        raise _corrupt(path, "no such file", "check the path", _ANY_FILE) from exc
+    except (OSError, ValueError) as exc:
+        raise _corrupt(path, f"cannot be read ({type(exc).__name__}: {exc})", "",
+                       _ANY_FILE) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise _corrupt(path, "not a regular file (a directory, device or pipe)",
+                       "pass the path of a file saved by physlink_gym", _ANY_FILE)
+    return info.st_size
+
+
+def check_members(path: str | os.PathLike[str], archive: zipfile.ZipFile, size: int,
+                  limits: Mapping[str, int] | None = None) -> None:
+    """Refuse encrypted, compressed or oversized members before reading any of them.
+
+    physlink_gym writes every member uncompressed (``ZIP_STORED``), so a member never inflates
+    beyond the bytes on disk: a declared size larger than the file (a zip bomb, a forged
+    header) is refused at once, without allocating it. ``limits`` caps members by name.
+    """
+    for info in archive.infolist():
+        if info.flag_bits & 0x1:
+            raise _corrupt(path, f"member {info.filename!r} is encrypted", "", _ANY_FILE)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _corrupt(path, f"member {info.filename!r} is compressed (physlink_gym writes "
+                           "uncompressed members)", "", _ANY_FILE)
+        cap = min(size, (limits or {}).get(info.filename, size))
+        if info.file_size > cap or info.compress_size > size:
+            raise _corrupt(path, f"member {info.filename!r} declares {info.file_size} bytes, "
+                           f"more than the {cap} allowed", "", _ANY_FILE)
 
 
 def _read_members(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """Both members' bytes; refuses anything but the exact two-member layout."""
+    size = check_regular_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            check_members(path, archive, size, {METADATA: MAX_METADATA_BYTES})
             names = archive.namelist()
             if sorted(names) != sorted(MEMBERS):
                 extra = sorted(set(names) - set(MEMBERS))
@@ -226,7 +278,8 @@ def _read_members(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
             return archive.read(METADATA), archive.read(TENSORS)
     except FileNotFoundError as exc:
         raise _corrupt(path, "no such file", "check the path") from exc
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError,
+            RuntimeError, zipfile.LargeZipFile) as exc:
         raise _corrupt(path, f"not a readable zip ({type(exc).__name__}: {exc})") from exc
 
 
@@ -349,26 +402,40 @@ def _flatten(node: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor])
     )
 
 
-def unflatten_state(json_tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+#: Deepest nesting :func:`unflatten_state` follows (the states saved here nest about 6 deep).
+MAX_DEPTH = 32
+
+
+def unflatten_state(json_tree: Any, tensors: Mapping[str, torch.Tensor], depth: int = 0) -> Any:
     """Rebuild what :func:`flatten_state` split (tensors are returned as given, arrays as numpy).
 
     Raises:
-        CheckpointCorruptError: The skeleton names a missing tensor or holds an unknown tag.
+        CheckpointCorruptError: The skeleton names a missing tensor, holds an unknown tag, a
+            dict key that is not a JSON scalar, or nests deeper than :data:`MAX_DEPTH`.
     """
     if json_tree is None or isinstance(json_tree, (bool, int, float, str)):
         return json_tree
+    if depth > MAX_DEPTH:
+        raise CheckpointCorruptError(
+            got=f"a state skeleton nested more than {MAX_DEPTH} levels deep",
+            expected="the few levels a saved model state has",
+            fix="the checkpoint's metadata is damaged or forged; use an earlier checkpoint",
+        )
     if isinstance(json_tree, list):
-        return [unflatten_state(value, tensors) for value in json_tree]
+        return [unflatten_state(value, tensors, depth + 1) for value in json_tree]
     if isinstance(json_tree, dict) and len(json_tree) == 1:
         ((tag, value),) = json_tree.items()
         if tag in ("__tensor__", "__ndarray__") and isinstance(value, str) and value in tensors:
             tensor = tensors[value]
             return tensor if tag == "__tensor__" else tensor.detach().cpu().numpy()
         if tag == "__tuple__" and isinstance(value, list):
-            return tuple(unflatten_state(v, tensors) for v in value)
-        if tag == "__dict__" and isinstance(value, list):
-            if all(isinstance(item, list) and len(item) == 2 for item in value):
-                return {key: unflatten_state(v, tensors) for key, v in value}
+            return tuple(unflatten_state(v, tensors, depth + 1) for v in value)
+        if tag == "__dict__" and isinstance(value, list) and all(
+            isinstance(item, list) and len(item) == 2
+            and (item[0] is None or isinstance(item[0], (bool, int, float, str)))
+            for item in value
+        ):
+            return {key: unflatten_state(v, tensors, depth + 1) for key, v in value}
     raise CheckpointCorruptError(
         got=f"a state skeleton node {str(json_tree)[:200]!r}",
         expected=f"JSON scalars, lists, or one-key objects tagged {list(_TAGS)} naming stored "

@@ -40,8 +40,13 @@ import numpy as np
 
 from physlink_gym._records import find_record
 from physlink_gym._version import __version__
-from physlink_gym.checkpoint import atomic_write, write_npz
-from physlink_gym.errors import CheckpointCorruptError, ConfigurationError, ValidationError
+from physlink_gym.checkpoint import atomic_write, check_members, check_regular_file, write_npz
+from physlink_gym.errors import (
+    CheckpointCorruptError,
+    ConfigurationError,
+    PhysLinkError,
+    ValidationError,
+)
 
 __all__ = ["ENTRY_FIELDS", "Trajectories", "record_trajectories"]
 
@@ -209,9 +214,13 @@ class Trajectories:
         """Read a file written by :meth:`save` with ``allow_pickle=False``.
 
         Raises:
-            CheckpointCorruptError: The file is missing, not such an npz, or inconsistent.
+            CheckpointCorruptError: The file is missing, not a regular file, not such an npz
+                (encrypted, compressed or oversized members included), or inconsistent.
         """
+        size = check_regular_file(path)
         try:
+            with zipfile.ZipFile(path) as archive:
+                check_members(path, archive, size, {"meta.npy": 64 * 1024**2})
             with np.load(path, allow_pickle=False) as data:
                 if int(data["format_version"]) != _FORMAT_VERSION:
                     raise ValueError(f"format_version {data['format_version']}")
@@ -219,7 +228,10 @@ class Trajectories:
                 extras = {k[len(_EXTRA) :]: data[k] for k in data.files if k.startswith(_EXTRA)}
                 meta = json.loads(str(data["meta"]))
             return cls(**arrays, extras=extras, meta=meta)
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError,
+                RecursionError, MemoryError, RuntimeError, PhysLinkError) as exc:
+            if isinstance(exc, CheckpointCorruptError):
+                raise
             raise CheckpointCorruptError(
                 got=f"trajectory file {os.fspath(path)!r} that cannot be read ({exc})",
                 expected="an npz file written by Trajectories.save",

@@ -29,7 +29,8 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import check_for_correct_spaces
 
-from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, overrides_from_args
+from physlink_gym.agents.dreamerv3 import checkpoint_checks as checks
+from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, make_config, overrides_from_args
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
@@ -50,6 +51,7 @@ M = TypeVar("M", bound="DreamerV3")
 
 # Never stored as data: live objects, or stored separately (spaces, tensors).
 _RESUME = "__resume__"
+_PARAM_KEYS = ("policy", "policy.optimizer")
 
 _ALWAYS_EXCLUDED = {
     "policy", "device", "env", "replay_buffer", "rollout_buffer", "_vec_normalize_env",
@@ -82,13 +84,24 @@ def space_to_json(space: spaces.Space[Any]) -> dict[str, Any]:
 
 
 def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
-    """Inverse of :func:`space_to_json`."""
-    if data.get("type") == "Box":
-        return spaces.Box(np.array(data["low"], dtype=data["dtype"]),
-                          np.array(data["high"], dtype=data["dtype"]),
-                          tuple(data["shape"]), np.dtype(data["dtype"]))
-    if data.get("type") == "Discrete":
-        return spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
+    """Inverse of :func:`space_to_json`; anything else is a ConfigurationError."""
+    try:
+        if isinstance(data, dict) and data.get("type") == "Box":
+            dtype = np.dtype(str(data["dtype"]))
+            shape = tuple(int(d) for d in data["shape"])
+            low, high = np.array(data["low"], dtype=dtype), np.array(data["high"], dtype=dtype)
+            if dtype.kind not in "fiu" or len(shape) != 1 or low.shape != shape or (
+                high.shape != shape
+            ) or not all(isinstance(d, int) and not isinstance(d, bool) for d in data["shape"]):
+                raise ValueError("a Box of another kind")
+            return spaces.Box(low, high, shape, dtype)
+        if isinstance(data, dict) and data.get("type") == "Discrete":
+            n, start = data["n"], data.get("start", 0)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, start)):
+                raise ValueError("n and start must be ints")
+            return spaces.Discrete(n, start=start)
+    except (TypeError, ValueError, KeyError, OverflowError, AssertionError):
+        pass
     raise ConfigurationError(
         got=f"a stored space {data!r}", expected="a Box or Discrete description",
         fix="re-save the model with this version of physlink_gym",
@@ -183,7 +196,7 @@ def save_model(model: DreamerV3, path: Any, exclude: Any = None, include: Any = 
     save_checkpoint(_suffixed(path), tensors, metadata)
 
 
-def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
     path = pathlib.Path(path)
     if not path.exists() and not path.suffix:
         path = path.with_suffix(".zip")
@@ -195,13 +208,16 @@ def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                 expected="a checkpoint written by DreamerV3.save()",
                 fix="use a checkpoint saved by DreamerV3.save(), or an earlier copy",
             )
+    checks.check_metadata(path, metadata)
     params = unflatten_state(metadata["params"], tensors)
-    if not isinstance(params, dict):
+    if not isinstance(params, dict) or not set(params) <= {*_PARAM_KEYS, _RESUME}:
         raise CheckpointCorruptError(
-            got=f"{str(path)!r}: parameters stored as {type(params).__name__}",
-            expected="a dict of parameter groups", fix="use an earlier checkpoint",
+            got=f"{str(path)!r}: parameters stored as "
+            f"{sorted(params) if isinstance(params, dict) else type(params).__name__}",
+            expected=f"a dict with the keys {[*_PARAM_KEYS, _RESUME]}",
+            fix="use an earlier checkpoint",
         )
-    return params, metadata
+    return params, metadata, path
 
 
 def load_model(
@@ -217,7 +233,7 @@ def load_model(
     stored: ignored; ``lr_schedule`` is rebuilt from ``learning_rate``). The config, including
     a stored ``lr`` override, is not an attribute and keeps its validated values.
     """
-    params, metadata = _read(path)
+    params, metadata, path = _read(path)
     resume = params.pop(_RESUME, {})
     if metadata.get("class") != cls.__name__:
         raise ConfigurationError(
@@ -225,11 +241,17 @@ def load_model(
             expected=f"a checkpoint written by {cls.__name__}.save()",
             fix=f"load it with {metadata.get('class')}.load()",
         )
-    data = {
-        **metadata["data"],
-        "observation_space": space_from_json(metadata["observation_space"]),
-        "action_space": space_from_json(metadata["action_space"]),
-    }
+    try:
+        spaces_ = [space_from_json(metadata[k]) for k in ("observation_space", "action_space")]
+        stored = metadata["data"]
+        make_config(stored.get("preset", "1m"), **(stored.get("config_overrides") or {}))
+    except ConfigurationError as exc:
+        raise CheckpointCorruptError(
+            got=f"{str(path)!r}: a stored space or configuration that is not valid ({exc})",
+            expected="a checkpoint written by DreamerV3.save()",
+            fix="use a checkpoint saved by DreamerV3.save(), or an earlier copy",
+        ) from None
+    data = {**metadata["data"], "observation_space": spaces_[0], "action_space": spaces_[1]}
     data.update({k: v for k, v in (custom_objects or {}).items() if k in data})
     obs_space, act_space = data.pop("observation_space"), data.pop("action_space")
     if env is not None:
@@ -243,6 +265,7 @@ def load_model(
                 fix="pass an env of the same task the model was trained on",
             ) from None
         data["n_envs"] = env.num_envs
+    resized = "preset" in kwargs or "policy_kwargs" in kwargs
     _route_config_kwargs(data, kwargs)
     data["preset"] = kwargs.pop("preset", data.get("preset", "1m"))
     model = cls("MlpPolicy", env=env, device=device, preset=data["preset"],
@@ -252,46 +275,42 @@ def load_model(
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()
-    try:
-        set_parameters(model, params, exact_match=True)
-    except RuntimeError:  # torch's size or key mismatch: another preset or size override
-        raise ConfigurationError(
-            got=f"load() arguments that change the network ({_first_difference(model, params)})",
-            expected="the checkpoint's network sizes (preset "
-            f"{metadata['data'].get('preset')!r}, overrides "
-            f"{metadata['data'].get('config_overrides')})",
-            fix="load without preset= or size overrides; to change sizes, train a new model",
-        ) from None
+    _set_checked(model, params, path, resized=resized, exact_match=True)
     model._last_obs = None
+    policy = model.policy
+    checks.check_resume(path, resume, policy.obs_dim,
+                        [(s.shape[1],) for s in policy.initial_state(1)])
     _restore_resume(model, resume, stream=env is not None and not force_reset)
     return model
-
-
-def _first_difference(model: DreamerV3, params: dict[str, Any]) -> str:
-    ours, theirs = model.policy.state_dict(), params.get("policy", {})
-    for key, value in theirs.items():
-        if key in ours and tuple(ours[key].shape) != tuple(value.shape):
-            return (f"{key}: {tuple(value.shape)} in the checkpoint, {tuple(ours[key].shape)} "
-                    "with these arguments")
-    only = sorted(set(ours) ^ set(theirs))
-    return f"{only[0]} is in only one of the checkpoint and the rebuilt model" if only else "?"
 
 
 def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> None:
     """Load ``{"policy": state_dict, "policy.optimizer": state_dict}`` or a checkpoint path."""
     if isinstance(source, dict):
-        params = source
+        params, path = source, "the parameters passed"
+        expected = set(model._get_torch_save_params()[0])
+        unknown = set(params) - expected
+        if unknown:
+            raise ValueError(f"Key {sorted(unknown)[0]} is an invalid object name.")
     else:
-        params = _read(source)[0]
+        params, _, path = _read(source)
         params.pop(_RESUME, None)
+    _set_checked(model, params, path, resized=False, exact_match=exact_match)
+
+
+def _set_checked(model: DreamerV3, params: dict[str, Any], path: Any, resized: bool,
+                 exact_match: bool) -> None:
+    """Validate ``params`` against ``model`` (names, shapes, dtypes, finite), then load them."""
     expected = set(model._get_torch_save_params()[0])
-    unknown = set(params) - expected
-    if unknown:
-        raise ValueError(f"Key {sorted(unknown)[0]} is an invalid object name.")
     if "policy" in params:
+        if exact_match:
+            checks.check_policy(path, model.policy.state_dict(), params["policy"], resized)
         model.policy.load_state_dict(params["policy"], strict=exact_match)
     if "policy.optimizer" in params:
-        model.policy.optimizer.load_state_dict(params["policy.optimizer"])
+        optimizer = model.policy.optimizer
+        checks.check_optimizer(path, [list(g["params"]) for g in optimizer.param_groups],
+                               params["policy.optimizer"])
+        optimizer.load_state_dict(params["policy.optimizer"])
     if exact_match and set(params) != expected:
         raise ValueError(
             "Names of parameters do not match agents' parameters: "

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from physlink_gym._version import __version__
-from physlink_gym.checkpoint import atomic_write, write_npz
+from physlink_gym.checkpoint import atomic_write, check_members, check_regular_file, write_npz
 from physlink_gym.errors import (
     CheckpointCorruptError,
     ConfigurationError,
@@ -59,6 +59,7 @@ __all__ = ["FIELDS", "SequenceReplay"]
 FIELDS = ("obs", "action", "reward", "is_first", "is_terminal", "valid")
 _FORMAT_VERSION = 1
 _CHUNK = 16 * 1024**2
+_SMALL = ("config", "format_version", "pos", "count", "rng_state", "physlink_gym_version")
 
 
 class SequenceReplay:
@@ -319,12 +320,17 @@ class SequenceReplay:
         """Read a buffer written by :meth:`save`, streaming it into freshly allocated rings.
 
         Raises:
-            CheckpointCorruptError: The file is missing, not an npz or inconsistent.
+            CheckpointCorruptError: The file is missing, not a regular file, not an npz, holds
+                encrypted, compressed or oversized members, is inconsistent, or has entries
+                marked valid whose values are not finite.
         """
+        size = check_regular_file(path)
         try:
             with zipfile.ZipFile(path) as archive:
+                check_members(path, archive, size, {f"{k}.npy": 1 << 16 for k in _SMALL})
                 return cls._from_archive(archive)
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
+                MemoryError, OverflowError, RuntimeError, ConfigurationError) as exc:
             raise CheckpointCorruptError(
                 got=f"replay file {os.fspath(path)!r} that cannot be read ({exc})",
                 expected="an npz file written by SequenceReplay.save",
@@ -349,6 +355,12 @@ class SequenceReplay:
                 assert isinstance(member, io.BufferedIOBase)  # a ZipExtFile
                 _read_into(member, getattr(buffer, key)[:, :filled])
         buffer._set_counters(small("pos"), count, small("rng_state"))
+        finite = (np.isfinite(buffer.obs[:, :filled]).all(-1)
+                  & np.isfinite(buffer.action[:, :filled]).all(-1)
+                  & np.isfinite(buffer.reward[:, :filled]))
+        if (buffer.valid[:, :filled] & ~finite).any():
+            raise ValueError("entries marked valid hold non-finite values (the replay stores "
+                             "those as invalid: the file was altered)")
         return buffer
 
 
