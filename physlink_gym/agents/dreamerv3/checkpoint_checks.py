@@ -185,7 +185,7 @@ def check_optimizer(path: Any, params: list[list[torch.Tensor]], state: Any) -> 
                 and all(_is(b, (_NUM,)) and 0 <= b < 1 for b in betas)):
             raise _corrupt(path, f"optimizer group betas = {_short(betas)}")
         step = group.get("step")
-        count = float(step) if isinstance(step, torch.Tensor) and step.numel() == 1 else step
+        count: Any = float(step) if isinstance(step, torch.Tensor) and step.numel() == 1 else step
         if not _is(count, (_NUM,)) or count < 0 or count != int(count):
             raise _corrupt(path, f"optimizer group step = {_short(step)}")
     moments = state["state"]

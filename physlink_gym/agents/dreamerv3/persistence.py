@@ -286,6 +286,7 @@ def load_model(
 
 def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> None:
     """Load ``{"policy": state_dict, "policy.optimizer": state_dict}`` or a checkpoint path."""
+    path: Any
     if isinstance(source, dict):
         params, path = source, "the parameters passed"
         expected = set(model._get_torch_save_params()[0])
