@@ -7,7 +7,7 @@ Everything a user can get wrong (env id, missing extra, invariant name, paths) b
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,63 @@ def make_env_fn(env_id: str, invariant_spec: str) -> Any:
     return make
 
 
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, or an available ``cuda[:N]`` / ``mps``; else a ConfigurationError."""
+    import torch
+
+    try:
+        parsed = torch.device(device) if device != "auto" else None
+    except (RuntimeError, ValueError):
+        parsed = None
+        ok = False
+    else:
+        ok = parsed is None or parsed.type == "cpu" or (
+            parsed.type == "cuda" and torch.cuda.is_available()
+            and (parsed.index or 0) < torch.cuda.device_count()
+        ) or (parsed.type == "mps" and torch.backends.mps.is_available())
+    if not ok:
+        raise ConfigurationError(
+            got=f"--device {device!r}",
+            expected="auto, cpu, or a CUDA/MPS device this machine has",
+            fix="pass --device auto (CUDA when available, else CPU) or --device cpu",
+        )
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is a folder (or can be made one) that we can write into."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if existing == path and not path.is_dir():
+        raise ValidationError(got=f"{what} {str(path)!r}, which is a file",
+                              expected="a folder (existing or new)",
+                              fix=f"pass another {what}, e.g. runs/")
+    if existing != path and not existing.is_dir():
+        raise ValidationError(got=f"{what} {str(path)!r}, under the file {str(existing)!r}",
+                              expected="a path whose parents are folders",
+                              fix=f"pass another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValidationError(got=f"{what} {str(path)!r}, in the read-only folder "
+                              f"{str(existing)!r}", expected="a folder you can write to",
+                              fix=f"pass a {what} in a writable place")
+
+
+def check_save_path(save: str) -> None:
+    """The checkpoint path of ``--save`` can be written: not a folder, parents writable."""
+    target = Path(save) if Path(save).suffix else Path(save).with_suffix(".zip")
+    if target.is_dir():
+        raise ValidationError(got=f"--save {save!r}, which is a folder",
+                              expected="a file path for the checkpoint",
+                              fix="pass e.g. --save runs/pendulum_dreamer")
+    check_writable_dir(target.parent, "--save folder")
+
+
 def train(args: argparse.Namespace) -> int:
     """``physlink-gym train``: see ``physlink-gym train --help``."""
     check_env_id(args.env)
     resolve_invariants(args.invariants, args.env)  # fail fast, before any worker starts
+    check_device(args.device)
+    check_writable_dir(Path(args.logdir), "--logdir")
+    if args.save:  # checked now: a trained model is never lost to a bad path
+        check_save_path(args.save)
     from stable_baselines3.common.env_util import make_vec_env
 
     from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
@@ -100,7 +153,7 @@ def train(args: argparse.Namespace) -> int:
 
     every = max(args.timesteps // 5, 1)
     callbacks = [ComplianceCallback(every_n_steps=every),
-                 TriptychCallback(gym.make(args.env), every, Path(args.logdir) / "triptych")]
+                 TriptychCallback(gym.make(args.env), every)]  # GIFs in the run's folder
     if args.eval_episodes:
         print(_evaluation("before training", model, args))
     start = time.perf_counter()
@@ -174,14 +227,22 @@ def report(args: argparse.Namespace) -> int:
         )
     try:
         report_ = ComplianceReport.from_json(path)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         raise ValidationError(
-            got=f"{path} ({type(exc).__name__}: {exc})",
-            expected="a JSON file written by ComplianceReport.export()",
-            fix="re-export the report",
+            got=f"{path} ({type(exc).__name__}: {str(exc)[:200]})",
+            expected="a JSON file written by ComplianceReport.export() (or a run folder "
+            "holding compliance.json; a checkpoint zip is not a report)",
+            fix="pass the run folder printed by physlink-gym train, or re-export the report",
         ) from None
     plot_path = path.with_suffix(".png")
-    report_.plot(plot_path)
+    try:
+        report_.plot(plot_path)
+    except OSError as exc:
+        raise ValidationError(
+            got=f"the plot {str(plot_path)!r} cannot be written ({exc.strerror or exc})",
+            expected="a writable folder beside the report",
+            fix="copy the report somewhere writable and run report there",
+        ) from None
     print(report_.summary())
     print(f"plot: {plot_path}")
     return 0

@@ -28,10 +28,12 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
 import stat
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,6 +48,7 @@ from physlink_gym.errors import (
     CheckpointCorruptError,
     CheckpointVersionError,
     ValidationError,
+    WriteError,
 )
 
 __all__ = [
@@ -88,8 +91,13 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], obje
 
     The parent directory is created when missing. The temporary file is named
     ``.<name>.<random>.tmp`` and is removed when ``writer`` (or anything after it) raises, so a
-    failed write leaves the previous file, if any, untouched and no temporary file behind.
-    The new file gets the usual permissions (``0o666`` minus the umask).
+    failed write leaves the previous file, if any, untouched and no temporary file behind;
+    temporary files of ``path`` that a killed process left (untouched for a minute) are
+    removed first. The new file gets the usual permissions (``0o666`` minus the umask).
+
+    Raises:
+        WriteError: ``path`` is a folder, lies under a file, or its folder is read-only (the
+            message names ``path``, not the temporary file).
 
     Args:
         path: Destination path, used exactly as given (no suffix is added).
@@ -99,23 +107,52 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], obje
         The destination as a :class:`~pathlib.Path`.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    if target.is_dir():
+        raise _write_error(target, "which is a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target)
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise _write_error(target, f"under a file ({exc.strerror})") from None
+    except PermissionError as exc:
+        raise _write_error(target, f"in a folder that is not writable ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, (IsADirectoryError, PermissionError)):
+            raise _write_error(target, f"which cannot be replaced ({exc.strerror})") from None
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def _write_error(target: Path, why: str) -> WriteError:
+    return WriteError(got=f"a file to write at {str(target)!r}, {why}",
+                      expected="a file path in a writable folder",
+                      fix="pass another path (e.g. runs/model.zip), or fix the folder's "
+                      "permissions")
+
+
+def _remove_stale_temporaries(target: Path, age: float = 60.0) -> None:
+    """Remove ``.<name>.<hex>.tmp`` files of ``target`` untouched for ``age`` seconds."""
+    now = time.time()
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        try:
+            if len(stale.name) == len(target.name) + 18 and now - stale.stat().st_mtime > age:
+                stale.unlink()
+        except OSError:
+            pass
 
 
 def write_npz(handle: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:

@@ -70,7 +70,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 # --- train / evaluate / report -------------------------------------------------------------------
 
-INVARIANT_NAMES = (
+INVARIANT_NAMES = (  # the built-in invariants (wrappers.BUILTIN_INVARIANTS; not imported here
+    # so that `physlink-gym --help` stays fast)
     "finite", "obs_bounds", "action_bounds", "pendulum_energy", "joint_limits", "sim_health",
     "kinematic_consistency", "mujoco_energy", "momentum",
 )

@@ -39,6 +39,7 @@ __all__ = [
 
 Status = Literal["OK", "WARN", "FAIL"]
 MIN_PYTHON = (3, 10)
+TORCH_MIN = "2.4"  # torch.nn.functional.rms_norm (the RMSNorm layers) is new in 2.4
 MIN_GPU_MEMORY_GIB = 4.0
 MUJOCO_FIX = 'pip install "physlink-gym[mujoco]"'
 
@@ -150,7 +151,7 @@ def check_python(version_info: tuple[int, ...] = tuple(sys.version_info[:3])) ->
 
 
 def check_torch(torch: Any | None, error: str = "") -> Check:
-    """Check torch: it must be importable and >= 2.2 (the agent needs it).
+    """Check torch: it must be importable and >= 2.4 (the agent needs F.rms_norm, new in 2.4).
 
     Args:
         torch: The imported module, or ``None`` when the import failed.
@@ -160,8 +161,8 @@ def check_torch(torch: Any | None, error: str = "") -> Check:
     if torch is None:
         return Check("torch", "FAIL", f"not importable: {error or 'not installed'}", fix=fix)
     version = str(getattr(torch, "__version__", "unknown"))
-    if not _at_least(version, "2.2"):
-        return Check("torch", "FAIL", f"{version} (need >= 2.2)", fix=f"upgrade: {fix}")
+    if not _at_least(version, TORCH_MIN):
+        return Check("torch", "FAIL", f"{version} (need >= {TORCH_MIN})", fix=f"upgrade: {fix}")
     return Check("torch", "OK", version)
 
 
@@ -268,7 +269,7 @@ def print_report(report: DoctorReport, file: IO[str] | None = None) -> None:
 def doctor(print_table: bool = True) -> DoctorReport:
     """Check this machine and return a :class:`DoctorReport`; print it as a table by default.
 
-    Checks Python >= 3.10; torch (importable, >= 2.2); CUDA (device, memory; CPU only is a
+    Checks Python >= 3.10; torch (importable, >= 2.4); CUDA (device, memory; CPU only is a
     warning); gymnasium, stable-baselines3 and safetensors (required); mujoco and tensorboard
     (optional). It never raises for a missing package: that is what the report is for.
 

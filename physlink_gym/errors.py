@@ -25,6 +25,7 @@ __all__ = [
     "PhysLinkError",
     "TrainingError",
     "ValidationError",
+    "WriteError",
     "check_int",
     "format_message",
 ]
@@ -77,6 +78,10 @@ class ValidationError(PhysLinkError, ValueError):
 
 class TrainingError(PhysLinkError, RuntimeError):
     """Training cannot go on (e.g. every update's loss is non-finite)."""
+
+
+class WriteError(PhysLinkError):
+    """A file cannot be written where it was asked for (a folder, under a file, read-only)."""
 
 
 class CheckpointError(PhysLinkError):

@@ -281,31 +281,39 @@ def compliance_figure(report: Any) -> Any:
 class TriptychCallback(BaseCallback):
     """Every ``every_n_steps`` env steps, write a triptych GIF and log its last frame.
 
-    GIFs go to ``path_dir/triptych_<num_timesteps>.gif``; the still image is logged to
-    TensorBoard as ``world_model/triptych`` (SB3 ``Image``). One more is written at the end.
+    GIFs go to ``path_dir/triptych_<num_timesteps>.gif`` (by default the ``triptych`` folder
+    inside the run's TensorBoard folder, so two runs in one ``--logdir`` keep their own); the
+    still image is logged to TensorBoard as ``world_model/triptych`` (SB3 ``Image``). One more
+    is written at the end.
 
     Args:
         env: A single gymnasium env for the evaluation rollout (not the training env), or
             :class:`~physlink_gym.data.Trajectories`.
         every_n_steps: Interval in env steps (counted like ``model.num_timesteps``).
-        path_dir: Folder for the GIFs.
+        path_dir: Folder for the GIFs; None: ``<run folder>/triptych`` (``./triptych`` when the
+            model logs nowhere).
         steps: Time steps per GIF (see :func:`triptych`).
         fps: GIF frames per second.
         verbose: 1 prints the path of every GIF written.
     """
 
-    def __init__(self, env: Any, every_n_steps: int, path_dir: str | Path, *, steps: int = 64,
-                 fps: int = 10, verbose: int = 0) -> None:  # fmt: skip
+    def __init__(self, env: Any, every_n_steps: int, path_dir: str | Path | None = None, *,
+                 steps: int = 64, fps: int = 10, verbose: int = 0) -> None:  # fmt: skip
         super().__init__(verbose)
         if isinstance(every_n_steps, bool) or int(every_n_steps) < 1:
             raise ValidationError(
                 got=f"every_n_steps={every_n_steps!r}", expected="an int >= 1",
                 fix="pass every_n_steps=5000",
             )  # fmt: skip
-        self.env, self.every_n_steps, self.path_dir = env, int(every_n_steps), Path(path_dir)
+        self.env, self.every_n_steps = env, int(every_n_steps)
+        self.path_dir = None if path_dir is None else Path(path_dir)
         self.steps, self.fps = steps, fps
         self.paths: list[Path] = []
         self._last = 0
+
+    def _on_training_start(self) -> None:
+        if self.path_dir is None:
+            self.path_dir = Path(self.model.logger.get_dir() or ".") / "triptych"
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last >= self.every_n_steps:
@@ -319,7 +327,8 @@ class TriptychCallback(BaseCallback):
     def write(self) -> Path:
         """Write a GIF now, log its last frame, dump the logger; return the GIF's path."""
         self._last = self.num_timesteps
-        path = triptych(self.model, self.env, self.path_dir / f"triptych_{self.num_timesteps}.gif",
+        folder = self.path_dir or Path(self.model.logger.get_dir() or ".") / "triptych"
+        path = triptych(self.model, self.env, folder / f"triptych_{self.num_timesteps}.gif",
                         steps=self.steps, fps=self.fps)  # fmt: skip
         from PIL import Image as PILImage
 

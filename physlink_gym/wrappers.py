@@ -84,8 +84,8 @@ class StepAPIError(ValidationError):
     """The wrapped env's ``step`` does not return Gymnasium's 5-tuple."""
 
 
-class ResetNeededError(PhysLinkError, RuntimeError):
-    """``step()`` was called before the first ``reset()``."""
+class ResetNeededError(PhysLinkError, gym.error.ResetNeeded):
+    """``step()`` was called before the first ``reset()`` (also Gymnasium's ``ResetNeeded``)."""
 
 
 def _options(on_hard: Any, soft_weight: Any, on_error: Any, info_key: Any,
@@ -128,14 +128,16 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
     def __init__(self, env: gym.Env[Any, Any], invariants: Iterable[Invariant], *,
                  on_hard: str = "flag", soft_weight: float = 1.0, on_error: str = "record",
                  info_key: str = "physlink") -> None:
-        if isinstance(invariants, Invariant) or not isinstance(invariants, Iterable):
+        if isinstance(invariants, (Invariant, str)) or not isinstance(invariants, Iterable):
             raise ConfigurationError(got=f"invariants={invariants!r}",
                                      expected="a list of Invariant objects",
                                      fix="pass [invariants.finite(), ...]")
-        invariants = list(invariants)
+        invariants = [_coerce_invariant(item) for item in invariants]
+        # The spec records JSON-able descriptions, so env.spec.to_json() works and the wrapper
+        # pickles after env.spec was read; gym.make(spec) rebuilds built-in invariants by name.
         gym.utils.RecordConstructorArgs.__init__(
-            self, invariants=invariants, on_hard=on_hard, soft_weight=soft_weight,
-            on_error=on_error, info_key=info_key)
+            self, invariants=[_describe(inv) for inv in invariants], on_hard=on_hard,
+            soft_weight=soft_weight, on_error=on_error, info_key=info_key)
         gym.Wrapper.__init__(self, env)
         self.on_hard, self.soft_weight, self.on_error, self.info_key = _options(
             on_hard, soft_weight, on_error, info_key)
@@ -235,6 +237,9 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         except (TypeError, ValueError):
             raise _step_api_error(self.env, len(result) if hasattr(result, "__len__") else 1
                                   ) from None
+        raw = _reward(self.env, reward)
+        if not isinstance(info, dict):
+            raise _garbage(self.env, "info", info, "a dict")
         t["obs"] = self._prev_obs
         t["action"] = action
         t["reward"] = reward
@@ -243,10 +248,9 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         t["truncated"] = truncated
         t["info"] = info
         t["step"] = self._ep_len
-        raw = float(reward)
         info[self.info_key] = record = self._check(t, raw)
         cost = record["cost"]
-        info["cost"] = cost if "cost" not in info else cost + float(info["cost"])
+        info["cost"] = cost if "cost" not in info else cost + _env_cost(self.env, info["cost"])
         if self._has_soft:
             reward = raw - self.soft_weight * cost
         if not record["valid"]:
@@ -276,10 +280,14 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                 r = check(t)
                 if type(r) is not float or not r >= 0.0:
                     r = to_residual(r)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: it must not kill a vector worker
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 self._error(s, exc)
                 residuals[name] = _NAN
                 errors += 1
+                if valid and not _finite_transition(t):  # it failed on a NaN: never valid
+                    valid = False
                 continue
             residuals[name] = r
             append(r)
@@ -320,12 +328,14 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
     def _hook(self, s: Slot, hook: Any, arg: Any) -> None:
         try:
             hook(self.env.unwrapped, arg)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             self._error(s, exc)
             if s.state == ACTIVE:
                 s.state = SKIP
 
-    def _error(self, s: Slot, exc: Exception) -> None:
+    def _error(self, s: Slot, exc: BaseException) -> None:
         if self.on_error == "raise":
             raise InvariantError(
                 got=f"invariant {s.name!r} failed: {type(exc).__name__}: {exc}",
@@ -385,6 +395,7 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
     def __getstate__(self) -> dict[str, Any]:
         self._flush()
         state = self.__dict__.copy()
+        state.pop("_cached_spec", None)  # rebuilt on access
         state["_invariants"] = cloudpickle.dumps(self._invariants)
         state["_saved_kwargs"] = cloudpickle.dumps(self._saved_kwargs)
         for key in ("_transition", "_before", "_hot"):
@@ -404,6 +415,77 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                     slots[inv.name].inv = inv
                     self._bind(inv, warn=False, slot=slots[inv.name])
         self._rebuild()
+
+
+def _describe(inv: Invariant) -> dict[str, Any]:
+    return {"name": inv.name, "tolerance": float(inv.tolerance), "mode": inv.mode}
+
+
+def _coerce_invariant(item: Any) -> Invariant:
+    """An Invariant, or a built-in one from its name or ``{"name", "tolerance", "mode"}``."""
+    if isinstance(item, Invariant):
+        return item
+    from physlink_gym import invariants as library
+
+    spec = {"name": item} if isinstance(item, str) else item
+    name = spec.get("name") if isinstance(spec, dict) else None
+    factory = getattr(library, name, None) if isinstance(name, str) else None
+    if name in BUILTIN_INVARIANTS and callable(factory) and set(spec) <= {"name", "tolerance",
+                                                                           "mode"}:
+        result = factory(**{k: v for k, v in spec.items() if k != "name"})
+        assert isinstance(result, Invariant)
+        return result
+    raise ConfigurationError(
+        got=f"invariant {item!r}",
+        expected="an Invariant, or a built-in invariant's name (optionally as a dict with "
+        f"name, tolerance, mode): {', '.join(BUILTIN_INVARIANTS)}",
+        fix="pass invariant objects, e.g. [invariants.finite(), register your own with "
+        "Invariant(name, fn)]; a custom invariant cannot be rebuilt from env.spec",
+    )
+
+
+BUILTIN_INVARIANTS = (
+    "finite", "obs_bounds", "action_bounds", "pendulum_energy", "joint_limits", "sim_health",
+    "kinematic_consistency", "mujoco_energy", "momentum",
+)
+
+
+def _finite_transition(t: dict[str, Any]) -> bool:
+    """Whether the numbers of a transition (obs, next_obs, action, reward) are all finite."""
+    for key in ("obs", "next_obs", "action", "reward"):
+        try:
+            if not np.isfinite(np.asarray(t.get(key), dtype=np.float64)).all():
+                return False
+        except (TypeError, ValueError):
+            continue  # not numeric (e.g. a dict observation): nothing to say
+    return True
+
+
+def _garbage(env: Any, field: str, value: Any, expected: str) -> StepAPIError:
+    return StepAPIError(
+        got=f"{type(env.unwrapped).__name__}.step() returning {field}={str(value)[:80]!r} "
+        f"({type(value).__name__})",
+        expected=f"{field} as {expected}",
+        fix=f"fix {type(env.unwrapped).__name__}.step() (Gymnasium's API: obs, reward as a "
+        "float, terminated, truncated, info as a dict)",
+    )
+
+
+def _reward(env: Any, reward: Any) -> float:
+    """The env's reward as a float, or a StepAPIError naming the env (an array, None, a str)."""
+    if not isinstance(reward, (int, float, np.integer, np.floating, np.bool_)) and not (
+        isinstance(reward, np.ndarray) and reward.ndim == 0
+    ):
+        raise _garbage(env, "reward", reward, "a float (a scalar, not an array or None)")
+    return float(reward)
+
+
+def _env_cost(env: Any, cost: Any) -> float:
+    try:
+        return float(cost)
+    except (TypeError, ValueError):
+        raise _garbage(env, 'info["cost"]', cost, "a number (the safety-gymnasium cost)"
+                       ) from None
 
 
 def _step_api_error(env: Any, n: int) -> StepAPIError:

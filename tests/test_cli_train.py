@@ -30,7 +30,7 @@ def test_train_writes_checkpoint_logs_report_and_triptych(trained, capsys):
     names = [inv["name"] for inv in report["invariants"]]
     assert names == ["finite", "action_bounds", "pendulum_energy"]
     assert (run / "compliance.png").stat().st_size > 0
-    assert list((logdir / "triptych").glob("triptych_*.gif"))
+    assert list((run / "triptych").glob("triptych_*.gif"))  # each run keeps its own GIFs
 
 
 def test_train_prints_the_return_before_and_after_training(tmp_path, capsys):

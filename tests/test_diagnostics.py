@@ -68,7 +68,10 @@ def test_check_torch():
     assert missing.status == "FAIL" and "No module named 'torch'" in missing.detail
     assert "pip install torch" in missing.fix
     old = check_torch(SimpleNamespace(__version__="1.13.1"))
-    assert old.status == "FAIL" and "need >= 2.2" in old.detail
+    assert old.status == "FAIL" and "need >= 2.4" in old.detail
+    # Regression: 2.2 and 2.3 passed, but the agent needs F.rms_norm (new in 2.4).
+    assert check_torch(SimpleNamespace(__version__="2.3.1")).status == "FAIL"
+    assert check_torch(SimpleNamespace(__version__="2.4.0")).status == "OK"
 
 
 def test_check_cuda_absent_is_a_warning_not_a_failure():

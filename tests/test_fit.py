@@ -83,3 +83,26 @@ def test_actions_are_converted_to_the_learner_space(pendulum_data):
     assert not stored[cartpole.is_first].any()  # no action leads into a first entry
     with pytest.raises(ValidationError, match="action width"):
         DreamerV3("MlpPolicy", "Pendulum-v1", **FIT).fit(cartpole, gradient_steps=1)
+
+
+def test_a_box_dimension_with_low_equal_high_converts_to_zero() -> None:
+    # Regression: 2 (a - low) / (high - low) - 1 divided by zero, every entry turned NaN and was
+    # stored invalid, so fit() trained on nothing.
+    from gymnasium import spaces
+
+    from physlink_gym.agents.dreamerv3.offline import learner_entries
+
+    env = gym.make("Pendulum-v1")
+    env.action_space = spaces.Box(np.array([-2.0, 1.0], np.float32),
+                                  np.array([2.0, 1.0], np.float32))
+    model = DreamerV3("MlpPolicy", env, preset="debug", learning_starts=10**6, seed=0)
+    n = 6
+    data = Trajectories(
+        obs=np.zeros((n, 3), np.float32), action=np.tile([[1.0, 1.0]], (n, 1)),
+        reward=np.zeros(n), is_first=np.eye(1, n, dtype=bool)[0], is_terminal=np.zeros(n, bool),
+        is_last=np.zeros(n, bool), valid=np.ones(n, bool),
+    )
+    action = learner_entries(model.policy, data)["action"]
+    assert np.isfinite(action).all()
+    np.testing.assert_allclose(action[1:], np.tile([[0.5, 0.0]], (n - 1, 1)))
+    assert np.array_equal(model.policy.to_env_action(action[1:])[:, 1], np.ones(n - 1))

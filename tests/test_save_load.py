@@ -222,3 +222,22 @@ def test_load_kwargs_that_are_config_fields_change_the_config(saved):
         DreamerV3.load(path, preset="1m")
     with pytest.raises(ConfigurationError, match="in only one of the checkpoint"):
         DreamerV3.load(path, policy_kwargs={"enc_layers": 3})  # more layers: new keys
+
+
+def test_a_custom_policy_class_is_built_saved_and_required_on_load(tmp_path) -> None:
+    # Regression: DreamerV3(MyPolicy, env) built the base class and the checkpoint said
+    # "MlpPolicy".
+    from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy
+
+    class MyPolicy(DreamerV3Policy):
+        pass
+
+    model = DreamerV3(MyPolicy, "Pendulum-v1", **NO_UPDATES)
+    assert type(model.policy) is MyPolicy
+    model.save(tmp_path / "custom")
+    with pytest.raises(ConfigurationError, match="custom_objects"):
+        DreamerV3.load(tmp_path / "custom")
+    loaded = DreamerV3.load(tmp_path / "custom", custom_objects={"policy_class": MyPolicy})
+    assert type(loaded.policy) is MyPolicy
+    with pytest.raises(ConfigurationError, match="policy="):
+        DreamerV3(dict, "Pendulum-v1", **NO_UPDATES)

@@ -151,7 +151,15 @@ class DreamerV3(BaseAlgorithm):
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         config = make_config(self.preset, **self.config_overrides)
-        self.policy = DreamerV3Policy(
+        policy_class = self.policy_class
+        if not (isinstance(policy_class, type) and issubclass(policy_class, DreamerV3Policy)):
+            raise ConfigurationError(
+                got=f"policy={policy_class!r}",
+                expected="'MlpPolicy' or a subclass of DreamerV3Policy",
+                fix="pass 'MlpPolicy', or subclass physlink_gym.agents.dreamerv3.policy."
+                "DreamerV3Policy",
+            )
+        self.policy = policy_class(
             self.observation_space, self.action_space, self.lr_schedule, config
         ).to(self.device)
         n_envs = self.n_envs if self.env is not None else 1

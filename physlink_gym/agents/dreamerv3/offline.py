@@ -10,7 +10,7 @@ Conversions from the trajectory format (actions as sent to the env) to the learn
 * Discrete actions are stored as indices ``[N, 1]``; the learner wants one-hot ``[N, n]``.
 * Box actions are stored in env units; the learner acts in ``[-1, 1]`` and the policy rescales
   to the env's bounds (:meth:`DreamerV3Policy.to_env_action`), so they are mapped back with
-  ``2 * (a - low) / (high - low) - 1`` (clipped).
+  :meth:`DreamerV3Policy.to_learner_action` (a dimension with ``low == high`` maps to 0).
 * ``is_first`` entries carry no action (zeros), as in the replay's entry format.
 """
 
@@ -55,8 +55,7 @@ def learner_entries(policy: DreamerV3Policy, data: Trajectories) -> dict[str, np
         index = np.clip(np.rint(action[:, 0]).astype(np.int64), 0, policy.act_dim - 1)
         converted = np.eye(policy.act_dim, dtype=np.float32)[index]
     else:
-        low, high = policy._low, policy._high
-        converted = np.clip(2.0 * (action - low) / (high - low) - 1.0, -1.0, 1.0)
+        converted = policy.to_learner_action(action)
     converted = np.where(entries["is_first"][:, None], 0.0, converted).astype(np.float32)
     return {**entries, "action": converted}
 

@@ -31,6 +31,7 @@ from stable_baselines3.common.utils import check_for_correct_spaces
 
 from physlink_gym.agents.dreamerv3 import checkpoint_checks as checks
 from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, make_config, overrides_from_args
+from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
@@ -190,10 +191,47 @@ def save_model(model: DreamerV3, path: Any, exclude: Any = None, include: Any = 
         "config": dataclasses.asdict(model.config),
         "observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
+        "policy_class": _policy_name(model.policy_class),
         "data": _json_data(model, exclude, include) | _schedule_value(model),
         "params": skeleton,
     }
     save_checkpoint(_suffixed(path), tensors, metadata)
+
+
+def _policy_name(policy_class: Any) -> str:
+    """``"MlpPolicy"`` for the built-in policy, else the class's ``module.qualname``."""
+    if policy_class is DreamerV3Policy:
+        return "MlpPolicy"
+    return f"{policy_class.__module__}.{policy_class.__qualname__}"
+
+
+def _policy_class(path: Any, stored: Any, given: Any) -> Any:
+    """The policy class to rebuild: the built-in one, or the class passed in custom_objects.
+
+    A checkpoint names its policy class but never imports it (that would run code named by the
+    file): a custom class must come from ``custom_objects={"policy_class": MyPolicy}``.
+    """
+    if given is not None:
+        if _policy_name(given) != stored:
+            raise ConfigurationError(
+                got=f"custom_objects['policy_class']={_policy_name(given)!r}",
+                expected=f"the class the checkpoint was saved with ({stored!r})",
+                fix="pass the same policy class the model was trained with",
+            )
+        return given
+    if stored == "MlpPolicy":
+        return "MlpPolicy"
+    if isinstance(stored, str):
+        raise ConfigurationError(
+            got=f"a checkpoint saved with the custom policy class {stored!r}",
+            expected="the class itself, which a checkpoint never imports",
+            fix=f"load it with custom_objects={{'policy_class': <the class {stored}>}}",
+        )
+    raise CheckpointCorruptError(
+        got=f"{str(path)!r}: policy_class = {stored!r}",
+        expected="a checkpoint written by DreamerV3.save()",
+        fix="use a checkpoint saved by DreamerV3.save(), or an earlier copy",
+    )
 
 
 def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
@@ -210,7 +248,8 @@ def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
             )
     checks.check_metadata(path, metadata)
     params = unflatten_state(metadata["params"], tensors)
-    if not isinstance(params, dict) or not set(params) <= {*_PARAM_KEYS, _RESUME}:
+    if not isinstance(params, dict) or not set(_PARAM_KEYS) <= set(params) <= {*_PARAM_KEYS,
+                                                                              _RESUME}:
         raise CheckpointCorruptError(
             got=f"{str(path)!r}: parameters stored as "
             f"{sorted(params) if isinstance(params, dict) else type(params).__name__}",
@@ -253,6 +292,8 @@ def load_model(
         ) from None
     data = {**metadata["data"], "observation_space": spaces_[0], "action_space": spaces_[1]}
     data.update({k: v for k, v in (custom_objects or {}).items() if k in data})
+    policy_class = _policy_class(path, metadata.get("policy_class", "MlpPolicy"),
+                                 (custom_objects or {}).get("policy_class"))
     obs_space, act_space = data.pop("observation_space"), data.pop("action_space")
     if env is not None:
         env = cls._wrap_env(env, data.get("verbose", 0))
@@ -268,7 +309,7 @@ def load_model(
     resized = "preset" in kwargs or "policy_kwargs" in kwargs
     _route_config_kwargs(data, kwargs)
     data["preset"] = kwargs.pop("preset", data.get("preset", "1m"))
-    model = cls("MlpPolicy", env=env, device=device, preset=data["preset"],
+    model = cls(policy_class, env=env, device=device, preset=data["preset"],
                 policy_kwargs=data["config_overrides"], _init_setup_model=False)
     model.__dict__.update(data)
     model.__dict__.update(kwargs)

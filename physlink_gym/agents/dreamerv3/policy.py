@@ -99,6 +99,18 @@ class DreamerV3Policy(BasePolicy):
         assert isinstance(self.action_space, spaces.Box)
         return np.asarray(scaled, dtype=self.action_space.dtype)
 
+    def to_learner_action(self, action: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_env_action` for Box actions: env units -> [-1, 1] (clipped).
+
+        ``2 (a - low) / (high - low) - 1``; a dimension with ``low == high`` has one possible
+        value and maps to 0 (instead of dividing by zero).
+        """
+        span = self._high - self._low
+        safe = np.where(span > 0, span, 1.0)
+        unit = np.where(span > 0, 2.0 * (np.asarray(action, np.float64) - self._low) / safe - 1.0,
+                        0.0)
+        return np.clip(unit, -1.0, 1.0).astype(np.float32)
+
     def initial_state(self, n: int) -> tuple[torch.Tensor, ...]:
         """Zero recurrent state for ``n`` rows, on the learner's device."""
         return tuple(self.learner.initial_state(n))
