@@ -60,9 +60,32 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'physlink_gym' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        raise missing_extra(exc, name) from None
     globals()[name] = value
     return value
+
+
+_EXTRAS = {"torch": "agent", "stable_baselines3": "agent", "safetensors": "agent",
+           "tensorboard": "agent", "tqdm": "agent", "rich": "agent", "matplotlib": "viz",
+           "mujoco": "mujoco", "minari": "minari", "ray": "ray"}
+
+
+def missing_extra(exc: ModuleNotFoundError, what: str) -> Exception:
+    """A one-line error naming the optional extra that provides ``exc.name`` (or ``exc``)."""
+    package = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(package)
+    if extra is None:
+        return exc
+    from physlink_gym.errors import ConfigurationError
+
+    return ConfigurationError(
+        got=f"{what}, which needs {package}, not installed",
+        expected=f"the {extra!r} extra of physlink-gym",
+        fix=f'pip install "physlink-gym[{extra}]"',
+    )
 
 
 def __dir__() -> list[str]:

@@ -28,14 +28,10 @@ Example:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import secrets
-import stat
-import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,12 +39,18 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from physlink_gym._files import (
+    atomic_write,
+    check_members,
+    check_regular_file,
+    corrupt,
+    write_npz,
+)
 from physlink_gym._version import __version__
 from physlink_gym.errors import (
     CheckpointCorruptError,
     CheckpointVersionError,
     ValidationError,
-    WriteError,
 )
 
 __all__ = [
@@ -70,115 +72,6 @@ METADATA = "metadata.json"
 TENSORS = "tensors.safetensors"
 #: The exact member names of a checkpoint zip.
 MEMBERS = (METADATA, TENSORS)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist a rename on POSIX file systems (best effort elsewhere)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse directory fsync
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], object]) -> Path:
-    """Write a file atomically: temp file in the same directory, fsync, ``os.replace``.
-
-    The parent directory is created when missing. The temporary file is named
-    ``.<name>.<random>.tmp`` and is removed when ``writer`` (or anything after it) raises, so a
-    failed write leaves the previous file, if any, untouched and no temporary file behind;
-    temporary files of ``path`` that a killed process left (untouched for a minute) are
-    removed first. The new file gets the usual permissions (``0o666`` minus the umask).
-
-    Raises:
-        WriteError: ``path`` is a folder, lies under a file, or its folder is read-only (the
-            message names ``path``, not the temporary file).
-
-    Args:
-        path: Destination path, used exactly as given (no suffix is added).
-        writer: Called once with a binary file object open for writing.
-
-    Returns:
-        The destination as a :class:`~pathlib.Path`.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise _write_error(target, "which is a folder")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(target)
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise _write_error(target, f"under a file ({exc.strerror})") from None
-    except PermissionError as exc:
-        raise _write_error(target, f"in a folder that is not writable ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, (IsADirectoryError, PermissionError)):
-            raise _write_error(target, f"which cannot be replaced ({exc.strerror})") from None
-        raise
-    _fsync_directory(target.parent)
-    return target
-
-
-def _write_error(target: Path, why: str) -> WriteError:
-    return WriteError(got=f"a file to write at {str(target)!r}, {why}",
-                      expected="a file path in a writable folder",
-                      fix="pass another path (e.g. runs/model.zip), or fix the folder's "
-                      "permissions")
-
-
-def _remove_stale_temporaries(target: Path, age: float = 60.0) -> None:
-    """Remove ``.<name>.<hex>.tmp`` files of ``target`` untouched for ``age`` seconds."""
-    now = time.time()
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        try:
-            if len(stale.name) == len(target.name) + 18 and now - stale.stat().st_mtime > age:
-                stale.unlink()
-        except OSError:
-            pass
-
-
-def write_npz(handle: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as an uncompressed ``.npz`` archive without ever pickling.
-
-    Arrays are streamed member by member in chunks (numpy's ``write_array``), so a large,
-    possibly non-contiguous view is never copied whole into memory. Object arrays are refused.
-
-    Args:
-        handle: A binary file object open for writing.
-        arrays: Member name (without ``.npy``) to array.
-
-    Raises:
-        ValidationError: An array has an object dtype.
-    """
-    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            array = np.asanyarray(value)
-            if array.dtype.hasobject:
-                raise ValidationError(
-                    got=f"array {name!r} with dtype object",
-                    expected="numeric, bool or unicode arrays",
-                    fix="convert the field to a numeric array (object arrays would need pickle)",
-                )
-            with zf.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -240,58 +133,14 @@ def save_checkpoint(
 
 
 _CHECKPOINT = f"a physlink_gym checkpoint: a zip holding exactly {list(MEMBERS)}"
-_ANY_FILE = "a file written by physlink_gym (an uncompressed zip)"
 
 
-def _corrupt(path: str | os.PathLike[str], problem: str, fix: str = "",
-             expected: str = _CHECKPOINT) -> CheckpointCorruptError:
-    return CheckpointCorruptError(
-        got=f"{os.fspath(path)!r}: {problem}", expected=expected,
-        fix=fix or "check the path, or use an earlier copy (this file is damaged)",
-    )
+def _corrupt(path: str | os.PathLike[str], problem: str, fix: str = "") -> CheckpointCorruptError:
+    return corrupt(path, problem, fix, _CHECKPOINT)
 
 
 #: Largest metadata member read (JSON); tensors are bounded by the file's own size.
 MAX_METADATA_BYTES = 64 * 1024**2
-
-
-def check_regular_file(path: str | os.PathLike[str]) -> int:
-    """The size of ``path`` if it is a regular file; else a :class:`CheckpointCorruptError`.
-
-    A device or pipe (``/dev/zero``, a FIFO) would be read forever, so it is refused before
-    anything is opened.
-    """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError as exc:
-        raise _corrupt(path, "no such file", "check the path", _ANY_FILE) from exc
-    except (OSError, ValueError) as exc:
-        raise _corrupt(path, f"cannot be read ({type(exc).__name__}: {exc})", "",
-                       _ANY_FILE) from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise _corrupt(path, "not a regular file (a directory, device or pipe)",
-                       "pass the path of a file saved by physlink_gym", _ANY_FILE)
-    return info.st_size
-
-
-def check_members(path: str | os.PathLike[str], archive: zipfile.ZipFile, size: int,
-                  limits: Mapping[str, int] | None = None) -> None:
-    """Refuse encrypted, compressed or oversized members before reading any of them.
-
-    physlink_gym writes every member uncompressed (``ZIP_STORED``), so a member never inflates
-    beyond the bytes on disk: a declared size larger than the file (a zip bomb, a forged
-    header) is refused at once, without allocating it. ``limits`` caps members by name.
-    """
-    for info in archive.infolist():
-        if info.flag_bits & 0x1:
-            raise _corrupt(path, f"member {info.filename!r} is encrypted", "", _ANY_FILE)
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise _corrupt(path, f"member {info.filename!r} is compressed (physlink_gym writes "
-                           "uncompressed members)", "", _ANY_FILE)
-        cap = min(size, (limits or {}).get(info.filename, size))
-        if info.file_size > cap or info.compress_size > size:
-            raise _corrupt(path, f"member {info.filename!r} declares {info.file_size} bytes, "
-                           f"more than the {cap} allowed", "", _ANY_FILE)
 
 
 def _read_members(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:

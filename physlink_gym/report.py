@@ -289,9 +289,14 @@ class ComplianceReport:
         not apply) get a line of text instead of empty axes. matplotlib is imported here, not at
         module import; ``path`` saves the figure.
         """
-        from physlink_gym._viz_draw import draw_compliance
+        try:
+            from physlink_gym._viz_draw import draw_compliance
 
-        fig = draw_compliance(self)
+            fig = draw_compliance(self)
+        except ModuleNotFoundError as exc:
+            from physlink_gym import missing_extra
+
+            raise missing_extra(exc, "ComplianceReport.plot()") from None
         if path is not None:
             fig.savefig(path)
         return fig

@@ -24,7 +24,8 @@ Example:
     >>> env = InvariantWrapper(gym.make("Pendulum-v1"), [invariants.finite()])
     >>> obs, _ = env.reset(seed=0)
     >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    >>> info["physlink"]["valid"], info["physlink"]["residuals"], info["cost"]
+    >>> record = info["physlink"]
+    >>> record["valid"], record["residuals"], info["cost"]
     (True, {'finite': 0.0}, 0.0)
 """
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from physlink_gym._files import atomic_write, check_members, check_regular_file, write_npz
 from physlink_gym._records import find_record
 from physlink_gym._version import __version__
-from physlink_gym.checkpoint import atomic_write, check_members, check_regular_file, write_npz
 from physlink_gym.errors import (
     CheckpointCorruptError,
     ConfigurationError,

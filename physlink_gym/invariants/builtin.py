@@ -379,7 +379,7 @@ def energy_balance(
     :func:`energy_balance_residual`.
 
     Example:
-        >>> inv = energy_balance(lambda o: 0.5 * o[0] ** 2, lambda t: t["action"] * t["obs"][0])
+        >>> inv = energy_balance(lambda o: 0.5 * o[0] ** 2, lambda t: t["action"] * t.get("obs")[0])
         >>> inv.bind(None)({"obs": [1.0], "next_obs": [2.0], "action": 1.0})  # |2 − 0.5 − 1|
         0.5
     """

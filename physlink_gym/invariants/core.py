@@ -10,7 +10,7 @@ A residual is a float >= 0; arrays reduce by max-abs. A transition violates the 
 
 Example:
     >>> import numpy as np
-    >>> inv = Invariant("speed", lambda t: abs(t["next_obs"][0]), tolerance=1.0, mode="soft")
+    >>> inv = Invariant("speed", lambda t: abs(t.get("next_obs")[0]), tolerance=1.0, mode="soft")
     >>> inv.is_violation(0.5), inv.is_violation(2.0), inv.is_violation(float("nan"))
     (False, True, True)
     >>> to_residual(np.array([0.5, -3.0]))
