@@ -147,6 +147,7 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, train_ratio=args.train_ratio,
         learning_starts=args.learning_starts, policy_kwargs=dict(args.config) or None,
     )
+    model.set_logger(_run_logger(args.logdir))
     # TensorBoard views beyond the scalars: the world-model triptych and the compliance plot,
     # histograms and hparams, about five times per run.
     from physlink_gym.viz import ComplianceCallback, TriptychCallback
@@ -157,7 +158,8 @@ def train(args: argparse.Namespace) -> int:
     if args.eval_episodes:
         print(_evaluation("before training", model, args))
     start = time.perf_counter()
-    model.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress)
+    model.learn(args.timesteps, callback=callbacks, progress_bar=not args.no_progress,
+                log_interval=1)
     elapsed = time.perf_counter() - start
     print(f"trained {model.num_timesteps} env steps with {model._n_updates} updates in "
           f"{elapsed:.0f} s")
@@ -175,6 +177,22 @@ def train(args: argparse.Namespace) -> int:
     print(report_.summary())
     venv.close()
     return 0
+
+
+def _run_logger(logdir: str) -> Any:
+    """TensorBoard in ``<logdir>/DreamerV3_<n>`` (a new run folder) and one console line a dump.
+
+    SB3's stdout tables print about 40 lines per log dump; one line per episode (the step,
+    the return, the invalid rate, the updates and their rate, the loss) reads better.
+    """
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+    from stable_baselines3.common.utils import get_latest_run_id
+
+    from physlink_gym.callbacks import OneLineOutput
+
+    run = Path(logdir) / f"DreamerV3_{get_latest_run_id(logdir, 'DreamerV3') + 1}"
+    run.mkdir(parents=True, exist_ok=True)
+    return Logger(str(run), [TensorBoardOutputFormat(str(run)), OneLineOutput()])
 
 
 def _evaluation(when: str, model: Any, args: argparse.Namespace) -> str:

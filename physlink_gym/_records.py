@@ -36,7 +36,8 @@ _INF = math.inf
 
 def not_applicable_report(inv: Invariant, exc: Exception) -> InvariantReport:
     """The report of an invariant that cannot apply (its binder raised NotApplicableError)."""
-    return InvariantReport(inv.name, inv.mode, float(inv.tolerance), not_applicable=str(exc))
+    return InvariantReport(inv.name, inv.mode, float(inv.tolerance), not_applicable=str(exc),
+                           hint=inv.hint)
 
 
 def make_slot(inv: Invariant) -> Slot:
@@ -58,7 +59,7 @@ class Slot:
         self.state = ACTIVE
         self.buf: list[float] = []
         self.heap: list[tuple[float, int, int, float]] = []
-        self.rep = InvariantReport(inv.name, inv.mode, self.tol)
+        self.rep = InvariantReport(inv.name, inv.mode, self.tol, hint=inv.hint)
         self.ep_cost = 0.0
         self.ep_violations = 0
         self.check: Any = None

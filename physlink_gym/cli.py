@@ -47,11 +47,15 @@ class _Parser(argparse.ArgumentParser):
 # --- doctor ----------------------------------------------------------------------------------
 
 
+_HELP = argparse.ArgumentDefaultsHelpFormatter  # every option's --help shows its default
+
+
 def _add_doctor_parser(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor",
         help="check Python, torch, CUDA and packages; exit 0 on GO, 1 on NO-GO",
         description="Check that this machine can run physlink_gym. Exit code 0 on GO, 1 on NO-GO.",
+        formatter_class=_HELP,
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -103,21 +107,25 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
         "train", help="wrap an env with invariants and train DreamerV3 (TensorBoard logs)",
         description="Wrap ENV_ID in InvariantWrapper, train DreamerV3 with a progress bar, write "
         "TensorBoard logs, a checkpoint and the compliance report, then print its summary.",
+        formatter_class=_HELP,
     )
     parser.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium env id")
     parser.add_argument("--invariants", default="auto", metavar="NAMES",
                         help="comma-separated invariant names, or 'auto' (finite, action_bounds, "
                         "plus sim_health on MuJoCo envs and pendulum_energy on Pendulum-v1); "
                         f"known: {', '.join(INVARIANT_NAMES)}")
-    parser.add_argument("--timesteps", type=_positive_int, default=10_000, metavar="N")
+    parser.add_argument("--timesteps", type=_positive_int, default=10_000, metavar="N",
+                        help="env steps to train for")
     parser.add_argument("--preset", default="1m", help="debug | 1m | 12m | 25m | 50m | 200m")
     parser.add_argument("--logdir", default="runs/", help="TensorBoard log folder")
-    parser.add_argument("--n-envs", type=_positive_int, default=1, metavar="K")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-envs", type=_positive_int, default=1, metavar="K",
+                        help="parallel envs (SB3 DummyVecEnv)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch, numpy and the envs")
     parser.add_argument("--train-ratio", type=float, default=None,
                         help="replayed steps per env step (default: the preset's)")
-    parser.add_argument("--learning-starts", type=int, default=1024, metavar="N")
+    parser.add_argument("--learning-starts", type=int, default=1024, metavar="N",
+                        help="env steps collected before the first update")
     parser.add_argument("--set", dest="config", type=_config_item, action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a DreamerV3 config field (value as JSON), repeatable; "
@@ -141,11 +149,13 @@ def _add_evaluate_parser(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="evaluate a saved DreamerV3 checkpoint on an env",
         description="Run N deterministic episodes of a checkpoint and print the mean return.",
+        formatter_class=_HELP,
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT")
-    parser.add_argument("--env", required=True, metavar="ENV_ID")
-    parser.add_argument("--episodes", type=_positive_int, default=10, metavar="N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a file saved by train")
+    parser.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium env id")
+    parser.add_argument("--episodes", type=_positive_int, default=10, metavar="N",
+                        help="episodes to average")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the env")
     parser.add_argument("--stochastic", action="store_true", help="sample actions")
     parser.set_defaults(func=_cmd_evaluate)
 
@@ -161,8 +171,10 @@ def _add_report_parser(subparsers: _Subparsers) -> None:
         "report", help="print a compliance report and write its plot",
         description="Print the compliance summary of a run folder (its compliance.json) or of a "
         "report JSON file, and write compliance.png beside it.",
+        formatter_class=_HELP,
     )
-    parser.add_argument("source", metavar="RUN_DIR_OR_JSON")
+    parser.add_argument("source", metavar="RUN_DIR_OR_JSON",
+                        help="a run folder (its compliance.json) or a report JSON file")
     parser.set_defaults(func=_cmd_report)
 
 

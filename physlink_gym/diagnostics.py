@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Literal
+
+from packaging.version import InvalidVersion, Version
 
 __all__ = [
     "Check",
@@ -126,15 +127,12 @@ class DoctorReport:
         return self.table()
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """Leading numeric release of a version string: ``"2.13.0+cpu"`` -> ``(2, 13, 0)``."""
-    match = re.match(r"\d+(\.\d+)*", version.strip())
-    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
-
-
 def _at_least(version: str, minimum: str) -> bool:
-    found, wanted = _version_tuple(version), _version_tuple(minimum)
-    return bool(found) and found + (0,) * len(wanted) >= wanted
+    """``version >= minimum`` by PEP 440 release (``"2.13.0+cpu"`` counts as 2.13.0)."""
+    try:
+        return Version(version).release >= Version(minimum).release
+    except InvalidVersion:
+        return False
 
 
 def check_python(version_info: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:

@@ -11,7 +11,7 @@ Example:
     ...                       max_residual=0.5213)
     >>> report = ComplianceReport([inv], steps=200)
     >>> print(report.summary())
-    energy: FAIL (max_residual=0.5213, threshold=0.0100, violations=2/200)
+    energy (soft): FAIL, violated on 2 of 200 steps (1.00%), max residual 0.5213, tolerance 0.0100
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class InvariantReport:
     not_applicable: str | None = None
     last_error: str | None = None
     disabled: bool = False
+    hint: str = ""
 
     @property
     def status(self) -> str:
@@ -123,18 +124,30 @@ class InvariantReport:
         """Mean per-episode cost over the kept episodes (0.0 when none ended)."""
         return float(np.mean(self.episode_costs)) if self.episode_costs else 0.0
 
+    @property
+    def violation_rate_text(self) -> str:
+        """``violated on v of n steps (r%)``."""
+        rate = self.violations / self.checked if self.checked else 0.0
+        return f"violated on {self.violations} of {self.checked} steps ({rate:.2%})"
+
     def summary_line(self) -> str:
-        """One line: ``name: STATUS (max_residual=…, threshold=…, violations=v/n)``."""
+        """One line: status, violation rate, max residual and tolerance of the invariant.
+
+        ``name (mode): STATUS, violated on v of n steps (r%), max residual …, tolerance …``;
+        ERROR lines add the errors, FAIL lines the invariant's hint.
+        """
         status = self.status
+        head = f"{self.name} ({self.mode})"
         if status == "NOT_APPLICABLE":
-            return f"{self.name}: NOT_APPLICABLE ({self.not_applicable})"
-        core = (f"max_residual={self.max_residual:.4f}, threshold={self.tolerance:.4f}, "
-                f"violations={self.violations}/{self.checked}")
+            return f"{head}: NOT_APPLICABLE ({self.not_applicable})"
+        core = (f"{self.violation_rate_text}, max residual {self.max_residual:.4f}, "
+                f"tolerance {self.tolerance:.4f}")
         if status == "ERROR":
             disabled = ", disabled" if self.disabled else ""
-            return (f"{self.name}: ERROR (errors={self.errors}/{self.checked + self.errors}"
-                    f"{disabled}, {core}, last_error={self.last_error})")
-        return f"{self.name}: {status} ({core})"
+            return (f"{head}: ERROR, {self.errors} errors in {self.checked + self.errors} steps"
+                    f"{disabled}, {core}, last error: {self.last_error}")
+        why = f" — {self.hint}" if status == "FAIL" and self.hint else ""
+        return f"{head}: {status}, {core}{why}"
 
 
 def _merge_invariant(into: InvariantReport, other: InvariantReport, env_index: int | None) -> None:
@@ -202,19 +215,20 @@ class ComplianceReport:
     def summary(self) -> str:
         """One line per invariant, e.g.
 
-        ``energy: FAIL (max_residual=0.5213, threshold=0.0100, violations=2/200)``; ERROR lines
-        add the error count and the last error, NOT_APPLICABLE lines give the reason.
+        ``energy (soft): FAIL, violated on 2 of 200 steps (1.00%), max residual 0.5213,
+        tolerance 0.0100``; ERROR lines add the error count and the last error, NOT_APPLICABLE
+        lines give the reason, FAIL lines the invariant's hint.
         """
         return "\n".join(inv.summary_line() for inv in self.invariants)
 
     def violations(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Kept violations of every invariant, largest residual first (NaN counts as largest).
 
-        Each is ``{"invariant_name", "residual", "threshold", "episode", "step", "env_index"}``.
+        Each is ``{"invariant_name", "residual", "tolerance", "episode", "step", "env_index"}``.
         Only the :data:`MAX_KEPT_VIOLATIONS` largest per invariant are kept.
         """
         rows: list[dict[str, Any]] = [
-            {"invariant_name": inv.name, "residual": float(w[0]), "threshold": inv.tolerance,
+            {"invariant_name": inv.name, "residual": float(w[0]), "tolerance": inv.tolerance,
              "episode": int(w[1]), "step": int(w[2]), "env_index": int(w[3])}
             for inv in self.invariants for w in inv.worst
         ]
@@ -236,7 +250,8 @@ class ComplianceReport:
             for inv in rep.invariants:
                 if inv.name not in by_name:
                     by_name[inv.name] = InvariantReport(
-                        inv.name, inv.mode, inv.tolerance, not_applicable=inv.not_applicable)
+                        inv.name, inv.mode, inv.tolerance, not_applicable=inv.not_applicable,
+                        hint=inv.hint)
                     merged.invariants.append(by_name[inv.name])
                 _merge_invariant(by_name[inv.name], inv, i if reindex else None)
             merged.steps += rep.steps
@@ -302,19 +317,19 @@ class ComplianceReport:
         return fig
 
     def to_tensorboard(self, writer: Any, step: int, prefix: str = "invariants") -> None:
-        """Log per-invariant scalars to a ``SummaryWriter`` (``add_scalar``) or SB3 ``Logger``.
+        """Log the report's rates to a ``SummaryWriter`` (``add_scalar``) or SB3 ``Logger``.
 
-        Tags: ``{prefix}/{name}/violation_rate``, ``/max_residual``, ``/mean_residual``,
-        ``/errors``; plus ``{prefix}/invalid_rate``.
+        The tag scheme of :mod:`physlink_gym.callbacks`, over the whole report:
+        ``{prefix}/invalid_rate`` always; ``{prefix}/violation_rate/<name>`` and
+        ``{prefix}/errors/<name>`` only for invariants that violated or errored (an invariant
+        that never fired adds no chart).
         """
         values = {f"{prefix}/invalid_rate": self.invalid_steps / self.steps if self.steps else 0.0}
         for inv in self.invariants:
-            if inv.not_applicable is None:
-                tag = f"{prefix}/{inv.name}"
-                values.update({f"{tag}/violation_rate": inv.violation_rate,
-                               f"{tag}/max_residual": inv.max_residual,
-                               f"{tag}/mean_residual": inv.mean_residual,
-                               f"{tag}/errors": float(inv.errors)})
+            if inv.not_applicable is None and inv.violations:
+                values[f"{prefix}/violation_rate/{inv.name}"] = inv.violation_rate
+            if inv.errors:
+                values[f"{prefix}/errors/{inv.name}"] = float(inv.errors)
         for tag, value in values.items():
             if hasattr(writer, "add_scalar"):
                 writer.add_scalar(tag, value, step)

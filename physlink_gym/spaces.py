@@ -37,11 +37,71 @@ import numpy.typing as npt
 
 from physlink_gym.errors import ValidationError
 
-__all__ = ["ActionSpace", "ObservationSpace"]
+__all__ = [
+    "ActionSpace", "ObservationSpace", "box_to_unit", "discrete_to_one_hot",
+    "one_hot_to_discrete", "unit_to_box",
+]
 
 FloatArray = npt.NDArray[np.floating[Any]]
 _S = TypeVar("_S", bound="_BoxSpace")
 _DTYPES = ("float16", "float32", "float64")
+
+
+def box_to_unit(x: npt.ArrayLike, low: npt.ArrayLike, high: npt.ArrayLike) -> FloatArray:
+    """Map Box values affinely from ``[low, high]`` to ``[-1, 1]``, clipped (float32).
+
+    The one conversion from env actions to a policy's unit box in physlink_gym (DreamerV3's
+    policy, its ``fit`` and its world-model plots use it). A dimension with ``low == high`` has
+    one value and maps to 0.
+
+    Example:
+        >>> box_to_unit([[0.0, 1.0], [4.0, 1.0]], [0.0, 1.0], [4.0, 1.0]).tolist()
+        [[-1.0, 0.0], [1.0, 0.0]]
+    """
+    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    half, mid = (hi - lo) / 2.0, (hi + lo) / 2.0
+    diff = np.asarray(x, np.float64) - mid
+    unit = np.divide(diff, half, out=np.zeros_like(diff), where=half > 0)
+    return np.clip(unit, -1.0, 1.0).astype(np.float32)
+
+
+def unit_to_box(y: npt.ArrayLike, low: npt.ArrayLike, high: npt.ArrayLike,
+                dtype: npt.DTypeLike = np.float32) -> FloatArray:
+    """Inverse of :func:`box_to_unit`: ``[-1, 1]`` (clipped first) to ``[low, high]``.
+
+    The result is clipped to the bounds again after the arithmetic, so rounding never puts an
+    action a hair outside the Box (which an ``action_bounds`` invariant would flag).
+
+    Example:
+        >>> unit_to_box([[-1.0], [0.5], [3.0]], [0.0], [4.0]).tolist()
+        [[0.0], [3.0], [4.0]]
+    """
+    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    unit = np.clip(np.asarray(y, np.float64), -1.0, 1.0)
+    box = np.clip(unit * ((hi - lo) / 2.0) + (hi + lo) / 2.0, lo, hi)
+    return box.astype(dtype)
+
+
+def discrete_to_one_hot(index: npt.ArrayLike, n: int, start: int = 0) -> FloatArray:
+    """One-hot rows ``[N, n]`` of Discrete actions ``start .. start + n - 1`` (clipped).
+
+    Example:
+        >>> discrete_to_one_hot([[2], [1]], n=2, start=1).tolist()
+        [[0.0, 1.0], [1.0, 0.0]]
+    """
+    flat = np.asarray(index, np.float64).reshape(np.shape(index)[0] if np.ndim(index) else 1, -1)
+    rows = np.clip(np.rint(flat[:, 0]).astype(np.int64) - int(start), 0, int(n) - 1)
+    return np.eye(int(n), dtype=np.float32)[rows]
+
+
+def one_hot_to_discrete(one_hot: npt.ArrayLike, start: int = 0) -> npt.NDArray[np.int64]:
+    """Inverse of :func:`discrete_to_one_hot`: ``argmax + start`` per row.
+
+    Example:
+        >>> one_hot_to_discrete([[0.0, 1.0], [1.0, 0.0]], start=1).tolist()
+        [2, 1]
+    """
+    return np.asarray(np.argmax(one_hot, axis=-1) + int(start), dtype=np.int64)
 
 
 def _check_count(name: str, value: object) -> int:

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image
 from stable_baselines3.common.utils import safe_mean
 
-from physlink_gym._viz_draw import hparams_of, log10_samples
+from physlink_gym._viz_draw import hparams_of
 from physlink_gym.agents.dreamerv3.distributions import symexp
 from physlink_gym.errors import ValidationError
 
@@ -66,15 +65,8 @@ def learner_actions(model: Any, env_actions: np.ndarray) -> np.ndarray:
     Returns:
         ``[T, A]`` float32 actions as the world model was trained on them.
     """
-    space = model.action_space
-    acts = np.asarray(env_actions, dtype=np.float64)
-    if isinstance(space, spaces.Discrete):
-        index = acts.reshape(len(acts), -1)[:, 0].astype(np.int64) - int(space.start)
-        return np.eye(int(space.n), dtype=np.float32)[np.clip(index, 0, int(space.n) - 1)]
-    assert isinstance(space, spaces.Box)
-    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
-    scaled = 2.0 * (acts.reshape(len(acts), -1) - low) / (high - low) - 1.0
-    return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+    converted: np.ndarray = model.policy.to_learner_action(np.asarray(env_actions))
+    return converted
 
 
 @torch.no_grad()
@@ -347,11 +339,11 @@ class ComplianceCallback(BaseCallback):
     """Log the training envs' :class:`~physlink_gym.ComplianceReport` to TensorBoard.
 
     The report is merged over the VecEnv's sub-envs (``env_method("compliance_report")``) and
-    covers the whole run so far. Tags: ``compliance/invalid_rate``,
-    ``compliance/<name>/{violation_rate,max_residual,mean_residual,errors}``, histograms
-    ``compliance/log10_residual/<name>``, the image ``compliance/plot``; at the end of training
-    also ``hparams/final_return``, ``hparams/invalid_rate`` and the hyperparameters (SB3
-    ``HParam``).
+    covers the whole run so far. It logs the image ``invariants/plot`` (one residual histogram
+    per invariant with its tolerance, IMAGES tab) and, at the end of training,
+    ``hparams/final_return``, ``hparams/invalid_rate`` and the hyperparameters (SB3
+    ``HParam``). The per-window rates (``invariants/...`` scalars) come from DreamerV3 itself or,
+    for other algorithms, :class:`~physlink_gym.callbacks.InvariantCallback`.
 
     Args:
         every_n_steps: Log every this many env steps; ``None`` logs at the end only.
@@ -389,21 +381,15 @@ class ComplianceCallback(BaseCallback):
         return ComplianceReport.merge(reports)
 
     def log_report(self, dump: bool = True) -> Any:
-        """Record the scalars, histograms and plot of the current report; return the report."""
+        """Record the plot of the current report; return the report."""
         import matplotlib.pyplot as plt
 
         self._last = self.num_timesteps
         report = self.report = self.merged_report()
         if report is None:
             return None
-        report.to_tensorboard(self.logger, self.num_timesteps, prefix="compliance")
-        for inv in report.invariants:
-            samples = log10_samples(inv)
-            if samples.size:
-                self.logger.record(f"compliance/log10_residual/{inv.name}", samples,
-                                   exclude=_NOT_TEXT)  # fmt: skip
         fig = compliance_figure(report)
-        self.logger.record("compliance/plot", Image(figure_to_array(fig), "HWC"),
+        self.logger.record("invariants/plot", Image(figure_to_array(fig), "HWC"),
                            exclude=_NOT_TEXT)  # fmt: skip
         plt.close(fig)
         if dump:

@@ -6,8 +6,9 @@ Python types on every step, so Gymnasium vector envs can batch it:
 * ``valid`` (bool): False when a hard invariant was violated, or any residual was NaN/inf
   (whatever the mode). An invariant ERROR does not flag the transition: see ``errors``.
 * ``cost`` (float): ``Σ_soft max(0, residual − tolerance)`` over the soft invariants with a
-  finite residual. It is also set as ``info["cost"]`` (the safety-gymnasium/OmniSafe
-  convention), added to the env's own ``info["cost"]`` when there is one.
+  finite residual, plus ``hard_cost`` on a flagged step (0 by default). It is also set as
+  ``info["cost"]`` (the safety-gymnasium/OmniSafe convention), added to the env's own
+  ``info["cost"]`` when there is one.
 * ``residuals`` (dict[str, float]): one entry per applicable invariant (NaN when it errored or
   is disabled). ``violated`` (dict[str, bool]): the same keys; a fixed-key dict of bools rather
   than a list of names, because vector envs batch it into one bool array per invariant.
@@ -89,16 +90,17 @@ class ResetNeededError(PhysLinkError, gym.error.ResetNeeded):
     """``step()`` was called before the first ``reset()`` (also Gymnasium's ``ResetNeeded``)."""
 
 
-def _options(on_hard: Any, soft_weight: Any, on_error: Any, info_key: Any,
+def _options(on_hard: Any, soft_weight: Any, on_error: Any, info_key: Any, hard_cost: Any = 0.0,
              ) -> tuple[str, float, str, str]:
     for name, value, options in (("on_hard", on_hard, ON_HARD), ("on_error", on_error, ON_ERROR)):
         if value not in options:
             raise ConfigurationError(got=f"{name}={value!r}", expected=f"one of {options}",
                                      fix=f"pass {name}={options[0]!r}")
+    for name, w in (("soft_weight", soft_weight), ("hard_cost", hard_cost)):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ConfigurationError(got=f"{name}={w!r}", expected="a finite float >= 0",
+                                     fix=f"pass {name}=1.0")
     w = soft_weight
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
-        raise ConfigurationError(got=f"soft_weight={w!r}", expected="a finite float >= 0",
-                                 fix="pass soft_weight=1.0")
     if not isinstance(info_key, str) or not info_key:
         raise ConfigurationError(got=f"info_key={info_key!r}", expected="a non-empty str",
                                  fix="pass info_key='physlink'")
@@ -120,6 +122,10 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
             ERROR: ``"record"`` counts it (first one warned), ``"disable"`` also switches the
             invariant off, ``"raise"`` raises :class:`InvariantError`. Residual is NaN then.
         info_key: Key of the per-step record in ``info``.
+        hard_cost: Indicator cost of a hard violation (the safe-RL convention of constrained
+            algorithms such as those of OmniSafe): each flagged step adds ``hard_cost`` to
+            ``cost`` and ``info["cost"]``. 0 (the default) keeps hard violations out of the cost;
+            the reward is never changed by it.
 
     A step after the end of an episode without ``reset()`` warns once and starts a new episode
     from the last observation. The previous observation is copied, not aliased. The transition
@@ -128,7 +134,7 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
 
     def __init__(self, env: gym.Env[Any, Any], invariants: Iterable[Invariant], *,
                  on_hard: str = "flag", soft_weight: float = 1.0, on_error: str = "record",
-                 info_key: str = "physlink") -> None:
+                 info_key: str = "physlink", hard_cost: float = 0.0) -> None:
         if isinstance(invariants, (Invariant, str)) or not isinstance(invariants, Iterable):
             raise ConfigurationError(got=f"invariants={invariants!r}",
                                      expected="a list of Invariant objects",
@@ -138,10 +144,11 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         # pickles after env.spec was read; gym.make(spec) rebuilds built-in invariants by name.
         gym.utils.RecordConstructorArgs.__init__(
             self, invariants=[_describe(inv) for inv in invariants], on_hard=on_hard,
-            soft_weight=soft_weight, on_error=on_error, info_key=info_key)
+            soft_weight=soft_weight, on_error=on_error, info_key=info_key, hard_cost=hard_cost)
         gym.Wrapper.__init__(self, env)
         self.on_hard, self.soft_weight, self.on_error, self.info_key = _options(
-            on_hard, soft_weight, on_error, info_key)
+            on_hard, soft_weight, on_error, info_key, hard_cost)
+        self.hard_cost = float(hard_cost)
         self._episode_key = info_key + "_episode"
         if type(env.unwrapped).__module__.startswith("safety_gymnasium"):
             raise _step_api_error(env, 6)
@@ -250,10 +257,12 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
         t["info"] = info
         t["step"] = self._ep_len
         info[self.info_key] = record = self._check(t, raw)
+        if self._has_soft:
+            reward = raw - self.soft_weight * record["cost"]  # the soft penalty only
+        if self.hard_cost and not record["valid"]:
+            record["cost"] += self.hard_cost
         cost = record["cost"]
         info["cost"] = cost if "cost" not in info else cost + _env_cost(self.env, info["cost"])
-        if self._has_soft:
-            reward = raw - self.soft_weight * cost
         if not record["valid"]:
             terminated, truncated = self._on_invalid(record, terminated, truncated)
         self._ep_len += 1

@@ -158,7 +158,7 @@ def test_mujoco_invariant_on_cartpole_is_not_applicable():
     info = env.step(1)[4]["physlink"]
     assert "mj_only" not in info["residuals"] and info["valid"]
     line = env.compliance_report().summary().splitlines()[1]
-    assert line.startswith("mj_only: NOT_APPLICABLE (Got: CartPoleEnv without MuJoCo data.")
+    assert line.startswith("mj_only (hard): NOT_APPLICABLE (Got: CartPoleEnv without MuJoCo data.")
 
 
 class SixTupleEnv(ScriptedEnv):

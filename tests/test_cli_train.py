@@ -63,7 +63,7 @@ def test_evaluate_and_report_read_what_train_wrote(trained, capsys):
     assert "Pendulum-v1: mean return" in out and "over 1 episodes" in out
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "finite: PASS" in out and "pendulum_energy:" in out
+    assert "finite (hard): PASS" in out and "pendulum_energy (soft):" in out
 
 
 @pytest.mark.parametrize(

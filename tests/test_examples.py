@@ -101,7 +101,7 @@ def test_train_pendulum(runs: dict[str, tuple[_Script, Path]]) -> None:
     script, tmp = runs["pendulum"]
     out = script.result()
     run = tmp / "pendulum"
-    assert "pendulum_energy:" in out and (run / "model.zip").exists()
+    assert "pendulum_energy (soft):" in out and (run / "model.zip").exists()
     assert (run / "compliance.png").exists() and (run / "compliance.json").exists()
     gifs = sorted(p.name for p in (run / "gifs").iterdir())
     assert gifs == ["triptych_20.gif", "triptych_40.gif"]
@@ -114,7 +114,7 @@ def test_train_mujoco(runs: dict[str, tuple[_Script, Path]]) -> None:
         pytest.skip("mujoco is not installed")
     script, tmp = runs["mujoco"]
     out = script.result()
-    assert "sim_health:" in out and "joint_limits:" in out
+    assert "sim_health (hard):" in out and "joint_limits (" in out
     assert _frames(tmp / "halfcheetah" / "triptych_final.gif") == 6
 
 

@@ -40,13 +40,30 @@ def sample_report() -> ComplianceReport:
 
 
 def test_summary_lines_exact():
+    # The API's word is "tolerance" (never "threshold"); each line says the mode and the rate.
     assert sample_report().summary().splitlines() == [
-        "energy: FAIL (max_residual=0.5213, threshold=0.0100, violations=2/200)",
-        "finite: FAIL (max_residual=inf, threshold=0.0000, violations=1/200)",
-        "broken: ERROR (errors=10/200, disabled, max_residual=0.0000, threshold=0.1000, "
-        "violations=0/190, last_error=ValueError: boom)",
-        "joint_limits: NOT_APPLICABLE (no MuJoCo data)",
+        "energy (soft): FAIL, violated on 2 of 200 steps (1.00%), max residual 0.5213, "
+        "tolerance 0.0100",
+        "finite (hard): FAIL, violated on 1 of 200 steps (0.50%), max residual inf, "
+        "tolerance 0.0000",
+        "broken (hard): ERROR, 10 errors in 200 steps, disabled, violated on 0 of 190 steps "
+        "(0.00%), max residual 0.0000, tolerance 0.1000, last error: ValueError: boom",
+        "joint_limits (soft): NOT_APPLICABLE (no MuJoCo data)",
     ]
+
+
+def test_a_fail_line_says_why_when_the_invariant_knows() -> None:
+    import gymnasium as gym
+
+    from physlink_gym import InvariantWrapper, invariants
+
+    env = InvariantWrapper(gym.make("Pendulum-v1"), [invariants.pendulum_energy()])
+    env.reset(seed=0)
+    for _ in range(200):  # full torque one way: the speed hits the env's clip at 8 rad/s
+        env.step(np.array([2.0], np.float32))
+    line = env.compliance_report().summary()
+    assert line.startswith("pendulum_energy (soft): FAIL, violated on ")
+    assert "clips the angular speed" in line
 
 
 def test_status_rates_and_means():
@@ -65,7 +82,7 @@ def test_violations_sorted_with_nan_first():
     rows = sample_report().violations()
     assert [r["invariant_name"] for r in rows] == ["finite", "energy", "energy"]
     assert math.isnan(rows[0]["residual"])
-    assert rows[1] == {"invariant_name": "energy", "residual": 0.52134, "threshold": 0.01,
+    assert rows[1] == {"invariant_name": "energy", "residual": 0.52134, "tolerance": 0.01,
                        "episode": 0, "step": 7, "env_index": 0}
     assert len(sample_report().violations(limit=1)) == 1
 
@@ -191,6 +208,9 @@ def test_to_tensorboard_with_writer_and_logger():
     w, lg = Writer(), Logger()
     sample_report().to_tensorboard(w, 7)
     sample_report().to_tensorboard(lg, 7)
-    assert w.rows["invariants/energy/violation_rate"] == (0.01, 7)
+    assert w.rows["invariants/violation_rate/energy"] == (0.01, 7)
     assert lg.rows["invariants/invalid_rate"] == 1 / 200
-    assert "invariants/joint_limits/violation_rate" not in lg.rows
+    assert lg.rows["invariants/errors/broken"] == 10.0
+    # Not applicable, or never violated: no chart.
+    assert set(lg.rows) == {"invariants/invalid_rate", "invariants/violation_rate/energy",
+                            "invariants/violation_rate/finite", "invariants/errors/broken"}

@@ -298,3 +298,29 @@ def test_pickle_keeps_state_and_lambdas():
         assert list(info["physlink"]["residuals"]) == ["finite", "lam"]
         assert clone.compliance_report().steps == 21
     assert env.compliance_report().steps == 20  # the original is untouched
+
+
+def test_hard_cost_adds_an_indicator_cost_without_touching_the_reward() -> None:
+    import gymnasium as gym
+
+    from physlink_gym import Invariant, InvariantWrapper
+
+    def build(hard_cost: float) -> InvariantWrapper:
+        flag = Invariant("flag", lambda t: float(t["step"] % 2), tolerance=0.5)  # odd steps
+        soft = Invariant("soft", lambda t: 0.25, tolerance=0.0, mode="soft")
+        return InvariantWrapper(gym.make("Pendulum-v1"), [flag, soft], hard_cost=hard_cost)
+
+    plain, costly = build(0.0), build(2.0)
+    for env in (plain, costly):
+        env.reset(seed=0)
+    action = np.array([0.5], np.float32)
+    for step in range(4):
+        _, r0, *_, i0 = plain.step(action)
+        _, r1, *_, i1 = costly.step(action)
+        assert r0 == r1  # the reward never sees hard_cost
+        flagged = step % 2 == 1
+        assert i0["physlink"]["valid"] is not flagged
+        assert i1["cost"] == pytest.approx(0.25 + (2.0 if flagged else 0.0))
+        assert i0["cost"] == pytest.approx(0.25)
+    with pytest.raises(ConfigurationError, match="hard_cost"):
+        InvariantWrapper(gym.make("Pendulum-v1"), [], hard_cost=-1.0)

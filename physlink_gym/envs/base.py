@@ -19,6 +19,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image, ImageDraw
 
 from physlink_gym.errors import ConfigurationError
 
@@ -27,7 +28,7 @@ __all__ = ["AnalyticEnv", "FloatArray"]
 FloatArray = NDArray[np.float64]
 
 
-class AnalyticEnv(gym.Env[FloatArray, FloatArray]):
+class AnalyticEnv(gym.Env[FloatArray, Any]):  # observations float64, actions float32
     """A deterministic physical system with exact ``energy`` and ``work`` functions.
 
     Subclasses set ``observation_space``, ``action_space``, ``dt`` and implement
@@ -46,6 +47,8 @@ class AnalyticEnv(gym.Env[FloatArray, FloatArray]):
                 fix="pass render_mode='rgb_array' to get frames from render()",
             )
         self.render_mode = render_mode
+        # One frame per step: the frame rate follows this instance's time step.
+        self.metadata = {**type(self).metadata, "render_fps": max(1, round(1.0 / self.dt))}
         shape = self.observation_space.shape
         assert shape is not None
         self._state: FloatArray = np.zeros(shape, dtype=np.float64)
@@ -63,7 +66,7 @@ class AnalyticEnv(gym.Env[FloatArray, FloatArray]):
     def _terminated(self, next_state: FloatArray) -> bool:
         return False
 
-    def _draw(self, frame: NDArray[np.uint8]) -> None:
+    def _draw(self, draw: ImageDraw.ImageDraw) -> None:
         raise NotImplementedError
 
     def energy(self, obs: Any) -> float:
@@ -120,6 +123,13 @@ class AnalyticEnv(gym.Env[FloatArray, FloatArray]):
         """An RGB frame (``render_mode="rgb_array"``), else None."""
         if self.render_mode != "rgb_array":
             return None
-        frame = np.full((128, 128, 3), 255, dtype=np.uint8)
-        self._draw(frame)
+        image = Image.new("RGB", (128, 128), (255, 255, 255))
+        self._draw(ImageDraw.Draw(image))
+        frame: NDArray[np.uint8] = np.asarray(image, dtype=np.uint8).copy()
         return frame
+
+
+def disc(draw: ImageDraw.ImageDraw, cx: float, cy: float, radius: float,
+         color: tuple[int, int, int]) -> None:
+    """Fill a disc centred at pixel ``(cx, cy)`` (x right, y down)."""
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=color)

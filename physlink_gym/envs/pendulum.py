@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from numpy.typing import NDArray
+from PIL import ImageDraw
 
-from physlink_gym.envs._draw import disc, segment
-from physlink_gym.envs.base import AnalyticEnv, FloatArray
+from physlink_gym.envs.base import AnalyticEnv, FloatArray, disc
 
 __all__ = ["DampedPendulumEnv", "pendulum_energy_of", "pendulum_step"]
 
@@ -81,7 +80,7 @@ class DampedPendulumEnv(AnalyticEnv):
         self.c, self.dt = float(damping), dt
         high = np.array([1.0, 1.0, np.inf])
         self.observation_space = spaces.Box(-high, high, dtype=np.float64)
-        self.action_space = spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float64)
+        self.action_space = spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
         super().__init__(render_mode)
         self._angle = np.zeros(2)
 
@@ -122,9 +121,9 @@ class DampedPendulumEnv(AnalyticEnv):
         d = float(np.arctan2(o0[0] * o1[1] - o0[1] * o1[0], o0[0] * o1[0] + o0[1] * o1[1]))
         return float(self.clip_action(action)[0]) * d - self.c * d * d / self.dt
 
-    def _draw(self, frame: NDArray[np.uint8]) -> None:
+    def _draw(self, draw: ImageDraw.ImageDraw) -> None:
         end = (64.0 + 48.0 * float(np.sin(self._angle[0])),
                64.0 + 48.0 * float(np.cos(self._angle[0])))
-        segment(frame, (64.0, 64.0), end, 3.0, (60, 60, 60))
-        disc(frame, end[0], end[1], 8.0, (40, 90, 200))
-        disc(frame, 64.0, 64.0, 3.0, (0, 0, 0))
+        draw.line([(64.0, 64.0), end], fill=(60, 60, 60), width=3)
+        disc(draw, end[0], end[1], 8.0, (40, 90, 200))
+        disc(draw, 64.0, 64.0, 3.0, (0, 0, 0))

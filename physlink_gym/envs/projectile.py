@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from numpy.typing import NDArray
+from PIL import ImageDraw
 
-from physlink_gym.envs._draw import disc, segment
-from physlink_gym.envs.base import AnalyticEnv, FloatArray
+from physlink_gym.envs.base import AnalyticEnv, FloatArray, disc
 
 __all__ = ["ProjectileDragEnv", "projectile_energy", "projectile_step", "projectile_work"]
 
@@ -78,7 +77,7 @@ class ProjectileDragEnv(AnalyticEnv):
                  dt: float = 0.02, render_mode: str | None = None) -> None:
         self.m, self.g, self.c, self.dt = float(mass), float(gravity), float(drag), dt
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64)
-        self.action_space = spaces.Box(-5.0, 5.0, shape=(2,), dtype=np.float64)
+        self.action_space = spaces.Box(-5.0, 5.0, shape=(2,), dtype=np.float32)
         super().__init__(render_mode)
 
     def _initial_state(self) -> FloatArray:
@@ -103,8 +102,8 @@ class ProjectileDragEnv(AnalyticEnv):
         return float(projectile_work(obs, self.clip_action(action), next_obs, c=self.c,
                                      dt=self.dt))
 
-    def _draw(self, frame: NDArray[np.uint8]) -> None:
+    def _draw(self, draw: ImageDraw.ImageDraw) -> None:
         x, y = float(self._state[0]), float(self._state[1])
         px, py = 16.0 + 8.0 * (x % 13.0), 112.0 - 12.0 * float(np.clip(y, -0.5, 8.5))
-        segment(frame, (0.0, 114.0), (127.0, 114.0), 3.0, (40, 140, 40))
-        disc(frame, px, py, 5.0, (200, 120, 20))
+        draw.line([(0.0, 114.0), (127.0, 114.0)], fill=(40, 140, 40), width=3)
+        disc(draw, px, py, 5.0, (200, 120, 20))

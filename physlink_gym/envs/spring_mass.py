@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from numpy.typing import NDArray
+from PIL import ImageDraw
 
-from physlink_gym.envs._draw import disc, segment
-from physlink_gym.envs.base import AnalyticEnv, FloatArray
+from physlink_gym.envs.base import AnalyticEnv, FloatArray, disc
 
 __all__ = ["SpringMassEnv", "spring_mass_energy", "spring_mass_step", "spring_mass_work"]
 
@@ -74,7 +73,7 @@ class SpringMassEnv(AnalyticEnv):
                  dt: float = 0.05, render_mode: str | None = None) -> None:
         self.m, self.k, self.c, self.dt = float(mass), float(stiffness), float(damping), dt
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float64)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float64)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         super().__init__(render_mode)
 
     def _initial_state(self) -> FloatArray:
@@ -96,8 +95,8 @@ class SpringMassEnv(AnalyticEnv):
         force = self.clip_action(action)[0]
         return float(spring_mass_work(obs, force, next_obs, c=self.c, dt=self.dt))
 
-    def _draw(self, frame: NDArray[np.uint8]) -> None:
+    def _draw(self, draw: ImageDraw.ImageDraw) -> None:
         px = 64.0 + 40.0 * float(np.clip(self._state[0], -1.4, 1.4))
-        segment(frame, (4.0, 64.0), (px, 64.0), 2.0, (120, 120, 120))
-        segment(frame, (4.0, 40.0), (4.0, 88.0), 4.0, (0, 0, 0))
-        disc(frame, px, 64.0, 10.0, (200, 60, 40))
+        draw.line([(4.0, 64.0), (px, 64.0)], fill=(120, 120, 120), width=2)
+        draw.line([(4.0, 40.0), (4.0, 88.0)], fill=(0, 0, 0), width=4)
+        disc(draw, px, 64.0, 10.0, (200, 60, 40))

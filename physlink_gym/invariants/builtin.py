@@ -437,4 +437,6 @@ def pendulum_energy(
         return check
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,
-                     description="Pendulum-v1 energy balance (clip steps violate)")
+                     description="Pendulum-v1 energy balance (clip steps violate)",
+                     hint="Pendulum-v1 clips the angular speed at ±8 rad/s, which breaks the "
+                     "energy identity on those steps: the env's own clipping, not a fault")

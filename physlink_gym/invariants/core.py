@@ -112,6 +112,8 @@ class Invariant:
         binder: ``binder(env) -> BoundCheck``, called once per wrapped env. Raises
             :class:`NotApplicableError` when the env cannot support the check.
         description: One line for reports and docs.
+        hint: What a violation usually means, shown beside a FAIL in the report's summary
+            (e.g. a known property of the env rather than a fault).
     """
 
     name: str
@@ -121,6 +123,7 @@ class Invariant:
     requires: tuple[str, ...] = ()
     binder: Callable[[Any], BoundCheck] | None = field(default=None, compare=False)
     description: str = ""
+    hint: str = ""
 
     def __post_init__(self) -> None:
         if self.fn is None and self.binder is None:

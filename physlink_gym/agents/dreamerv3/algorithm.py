@@ -21,16 +21,18 @@ action sampling are per-transition and would drop the recurrent state.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
@@ -43,7 +45,8 @@ from physlink_gym.agents.dreamerv3.config import (
 )
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
-from physlink_gym.agents.dreamerv3.rollout import EntryWriter, InvariantStats, UpdateMetrics
+from physlink_gym.agents.dreamerv3.rollout import EntryWriter, UpdateMetrics
+from physlink_gym.callbacks import InvariantStats, ProgressBar, add_invariant_layout
 from physlink_gym.errors import ConfigurationError, check_int
 
 if TYPE_CHECKING:
@@ -130,6 +133,7 @@ class DreamerV3(BaseAlgorithm):
             supported_action_spaces=(spaces.Box, spaces.Discrete),
         )
         self.learning_starts = check_int("learning_starts", learning_starts, minimum=0)
+        _set_log_level(verbose)
         self.buffer_size = check_int("buffer_size", buffer_size, minimum=1)
         self.replay_buffer: SequenceReplay | None = None
         self._policy_state: tuple[torch.Tensor, ...] | None = None
@@ -137,6 +141,7 @@ class DreamerV3(BaseAlgorithm):
         self._entries: EntryWriter | None = None
         self.invariant_stats = InvariantStats()
         self._update_metrics = UpdateMetrics()
+        self._warned_no_update = False
         if _init_setup_model:
             self._setup_model()
 
@@ -221,26 +226,46 @@ class DreamerV3(BaseAlgorithm):
             log_interval: Dump logs every this many finished episodes.
             tb_log_name: Name of the TensorBoard run folder.
             reset_num_timesteps: Restart the step counter (and the TensorBoard run).
-            progress_bar: Show a progress bar (tqdm + rich).
+            progress_bar: Show a progress bar with the learner's updates per second.
 
         Returns:
             The trained model (``self``).
+
+        The statistics gathered since the last log dump are written when ``learn`` returns,
+        so a short run still leaves its ``train/`` scalars in TensorBoard.
         """
         check_int("total_timesteps", total_timesteps, minimum=0)
         env_resets = reset_num_timesteps or self._last_obs is None  # _setup_learn resets then
         total_timesteps, callback = self._setup_learn(
-            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, False
         )
+        if progress_bar:
+            callback = CallbackList([callback, ProgressBar()])
+            callback.init_callback(self)
         if env_resets:  # the env was reset: the replay stream and recurrent state start anew
             self._policy_state = None
             self._entries = None
+        add_invariant_layout(self.logger)
+        self._warn_if_no_update(total_timesteps)
         callback.on_training_start(locals(), globals())
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
             if not self._collect_step(callback, log_interval, total_timesteps):
                 break
+        if self._update_metrics.count or self.invariant_stats.steps:
+            self.dump_logs()  # flush the last window
         callback.on_training_end()
         return self
+
+    def _warn_if_no_update(self, total_timesteps: int) -> None:
+        if total_timesteps <= self.learning_starts and not self._warned_no_update:
+            self._warned_no_update = True
+            warnings.warn(
+                f"learn({total_timesteps}) ends at or before learning_starts="
+                f"{self.learning_starts}: no update will run, so the policy will not change. "
+                "Train for more steps or lower learning_starts.",
+                UserWarning, stacklevel=3,
+            )
 
     def _ensure_stream(self) -> None:
         """Open the replay stream: anew (first entry, zero state) or continuing a resumed one."""
@@ -326,6 +351,10 @@ class DreamerV3(BaseAlgorithm):
             batch_np = self.replay_buffer.sample(batch, length)
             tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch_np.items()}
             self._update_metrics.add(self.policy.learner.train_step(tensors))
+            if self._n_updates == 0 and self.verbose >= 1:
+                first = time.perf_counter() - start
+                _LOG.info("first update: %.1f s (%s, batch %d x %d)", first,
+                          "compiled" if self.config.compile else "eager", batch, length)
         elapsed = time.perf_counter() - start
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -353,6 +382,10 @@ class DreamerV3(BaseAlgorithm):
         for group in self.policy.optimizer.param_groups:
             group["lr"] = lr
 
+    def record_update_metrics(self) -> None:
+        """Record the means of the update metrics since the last call (``train/`` tags)."""
+        self._update_metrics.record(self.logger)
+
     def dump_logs(self) -> None:
         """Write the ``rollout/``, ``time/``, ``train/`` and ``invariants/`` records."""
         assert self.ep_info_buffer is not None
@@ -364,11 +397,13 @@ class DreamerV3(BaseAlgorithm):
                                safe_mean([ep["r"] for ep in self.ep_info_buffer]))
             self.logger.record("rollout/ep_len_mean",
                                safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        if self.ep_success_buffer:
+            self.logger.record("rollout/success_rate", safe_mean(list(self.ep_success_buffer)))
         self.logger.record("time/fps", fps)
         self.logger.record("time/time_elapsed", int(time_elapsed), exclude="tensorboard")
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.invariant_stats.record(self.logger)
-        self._update_metrics.record(self.logger)
+        self.record_update_metrics()
         if self.policy.nonfinite_obs:
             self.logger.record("rollout/nonfinite_obs", self.policy.nonfinite_obs)
         self.logger.dump(step=self.num_timesteps)
@@ -376,6 +411,13 @@ class DreamerV3(BaseAlgorithm):
     # -- persistence ----------------------------------------------------------------------------
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
+
+    def _excluded_save_params(self) -> list[str]:
+        """SB3's list plus what is stored apart (spaces, tensors) or lives only in memory."""
+        return [*super()._excluded_save_params(), "observation_space", "action_space",
+                "policy_class", "lr_schedule", "_last_obs", "_last_original_obs",
+                "_last_episode_starts", "ep_info_buffer", "ep_success_buffer", "_policy_state",
+                "_entries", "invariant_stats", "_update_metrics", "action_noise"]
 
     def save(
         self, path: Any, exclude: Any = None, include: Any = None
@@ -392,17 +434,28 @@ class DreamerV3(BaseAlgorithm):
         device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False, force_reset: bool = True, **kwargs: Any,
     ) -> SelfDreamerV3:
-        """Load a checkpoint written by :meth:`save` (no unpickling, ever)."""
+        """Load a checkpoint written by :meth:`save` (no unpickling, ever).
+
+        ``print_system_info=True`` prints the saving machine's system (OS, Python, torch,
+        numpy, gymnasium, SB3, physlink_gym versions; stored by :meth:`save`) and this one's,
+        as SB3 does.
+        """
         return persistence.load_model(
             cls, path, env=env, device=device, custom_objects=custom_objects,
-            force_reset=force_reset, **kwargs,
+            force_reset=force_reset, print_system_info=print_system_info, **kwargs,
         )
 
     def set_parameters(
         self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
     ) -> None:
-        """Load parameters from a checkpoint path or from :meth:`get_parameters`' dict."""
-        persistence.set_parameters(self, load_path_or_dict, exact_match=exact_match)
+        """Load parameters from a checkpoint path or from :meth:`get_parameters`' dict.
+
+        As in SB3, ``device`` is where a file's tensors are read to; the weights are then
+        copied into the model, which stays on its own device (``model.policy.to(...)`` moves
+        it).
+        """
+        persistence.set_parameters(self, load_path_or_dict, exact_match=exact_match,
+                                   device=device)
 
     def save_replay_buffer(self, path: Any) -> None:
         """Save the replay buffer (npz, no pickle), e.g. for exact resume."""
@@ -459,6 +512,30 @@ class DreamerV3(BaseAlgorithm):
         from physlink_gym.viz import triptych
 
         return triptych(self, env_or_trajectories, path, **kwargs)
+
+
+_LOG = logging.getLogger("physlink_gym")
+
+
+def _set_log_level(verbose: int) -> None:
+    """Print physlink_gym's log messages to stderr: INFO at verbose 1, DEBUG at 2.
+
+    INFO: the first update's time; DEBUG also compiling, allocator settings, skipped updates.
+    """
+    if verbose < 1:
+        return
+    _LOG.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if not _LOG.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("physlink_gym: %(message)s"))
+        _LOG.addHandler(handler)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a redirected stream too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
 
 
 def _schedule_start(schedule: Schedule) -> float:

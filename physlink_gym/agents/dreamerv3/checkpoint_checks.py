@@ -88,8 +88,9 @@ def check_metadata(path: Any, metadata: Mapping[str, Any]) -> None:
         if not isinstance(metadata.get(key), kind):
             raise _corrupt(path, f"metadata[{key!r}] = {_short(metadata.get(key))}, not a "
                            f"{kind.__name__}")
-    if "config" in metadata and not isinstance(metadata["config"], dict):
-        raise _corrupt(path, f"metadata['config'] = {_short(metadata['config'])}, not a dict")
+    for key in ("config", "system_info"):
+        if key in metadata and not isinstance(metadata[key], dict):
+            raise _corrupt(path, f"metadata[{key!r}] = {_short(metadata[key])}, not a dict")
     for key, value in metadata["data"].items():
         if key in _DATA:
             kinds, low = _DATA[key]

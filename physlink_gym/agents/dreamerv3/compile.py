@@ -40,7 +40,7 @@ class _Compiled:
         if not self.failed:
             if not self.announced:
                 self.announced = True
-                _LOG.info("torch.compile of %s: its first call compiles it", self.fn.__name__)
+                _LOG.debug("torch.compile of %s: its first call compiles it", self.fn.__name__)
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # any compiler failure: run eagerly from now on

@@ -16,13 +16,13 @@ Conversions from the trajectory format (actions as sent to the env) to the learn
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from stable_baselines3.common.utils import configure_logger
 
+from physlink_gym.callbacks import ProgressBar
 from physlink_gym.errors import ValidationError, check_int
 
 if TYPE_CHECKING:
@@ -51,11 +51,7 @@ def learner_entries(policy: DreamerV3Policy, data: Trajectories) -> dict[str, np
             expected=f"obs width {policy.obs_dim} and action width {width} (this model's spaces)",
             fix="record the trajectories on the env the model was built for",
         )
-    if policy.discrete:
-        index = np.clip(np.rint(action[:, 0]).astype(np.int64), 0, policy.act_dim - 1)
-        converted = np.eye(policy.act_dim, dtype=np.float32)[index]
-    else:
-        converted = policy.to_learner_action(action)
+    converted = policy.to_learner_action(action)
     converted = np.where(entries["is_first"][:, None], 0.0, converted).astype(np.float32)
     return {**entries, "action": converted}
 
@@ -97,19 +93,20 @@ def fit(
         model._logger = configure_logger(
             model.verbose, model.tensorboard_log, tb_log_name, reset_num_timesteps=True
         )
-    bar: Any = contextlib.nullcontext()
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=gradient_steps, desc="fit")
-    with bar:
-        for step in range(1, gradient_steps + 1):
-            model.train(1, batch_size=batch_size, sequence_length=sequence_length)
-            if progress_bar:
-                bar.update(1)
-            if step % log_interval == 0 or step == gradient_steps:
-                model.logger.record("train/fit_updates", step)
-                model.logger.dump(step=model._n_updates)
+    bar = ProgressBar(total=gradient_steps, desc="fit") if progress_bar else None
+    if bar is not None:  # the same bar as learn(progress_bar=True), counting updates
+        bar.init_callback(model)
+        bar.on_training_start({}, {})
+    for step in range(1, gradient_steps + 1):
+        model.train(1, batch_size=batch_size, sequence_length=sequence_length)
+        if bar is not None:
+            bar.tick(1)
+        if step % log_interval == 0 or step == gradient_steps:
+            model.logger.record("train/fit_updates", step)
+            model.record_update_metrics()
+            model.logger.dump(step=model._n_updates)
+    if bar is not None:
+        bar.on_training_end()
 
 
 def _windows(entries: dict[str, np.ndarray], length: int) -> dict[str, torch.Tensor]:

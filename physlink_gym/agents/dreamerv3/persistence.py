@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.utils import check_for_correct_spaces
+from stable_baselines3.common.utils import check_for_correct_spaces, get_device, get_system_info
 
 from physlink_gym.agents.dreamerv3 import checkpoint_checks as checks
 from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, make_config, overrides_from_args
@@ -50,17 +50,10 @@ __all__ = [
 
 M = TypeVar("M", bound="DreamerV3")
 
-# Never stored as data: live objects, or stored separately (spaces, tensors).
 _RESUME = "__resume__"
 _PARAM_KEYS = ("policy", "policy.optimizer")
 
-_ALWAYS_EXCLUDED = {
-    "policy", "device", "env", "replay_buffer", "rollout_buffer", "_vec_normalize_env",
-    "_logger", "_custom_logger", "observation_space", "action_space", "policy_class",
-    "lr_schedule", "_last_obs", "_last_original_obs", "_last_episode_starts",
-    "ep_info_buffer", "ep_success_buffer", "_policy_state", "_entries", "invariant_stats",
-    "action_noise",
-}
+
 
 
 def space_to_json(space: spaces.Space[Any]) -> dict[str, Any]:
@@ -110,8 +103,9 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
 
 
 def _json_data(model: DreamerV3, exclude: Any, include: Any) -> dict[str, Any]:
-    # SB3's rule: ``include`` wins over ``exclude`` (never over what JSON cannot hold).
-    excluded = (set(exclude or ()) - set(include or ())) | _ALWAYS_EXCLUDED
+    # SB3's rule: ``include`` wins over ``exclude`` (never over what JSON cannot hold); the
+    # always-excluded names are SB3's own list, extended by DreamerV3._excluded_save_params.
+    excluded = (set(exclude or ()) - set(include or ())) | set(model._excluded_save_params())
     data: dict[str, Any] = {}
     for key, value in model.__dict__.items():
         if key in excluded:
@@ -192,6 +186,7 @@ def save_model(model: DreamerV3, path: Any, exclude: Any = None, include: Any = 
         "observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
         "policy_class": _policy_name(model.policy_class),
+        "system_info": get_system_info(print_info=False)[0],
         "data": _json_data(model, exclude, include) | _schedule_value(model),
         "params": skeleton,
     }
@@ -234,11 +229,11 @@ def _policy_class(path: Any, stored: Any, given: Any) -> Any:
     )
 
 
-def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
+def _read(path: Any, device: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
     path = pathlib.Path(path)
     if not path.exists() and not path.suffix:
         path = path.with_suffix(".zip")
-    tensors, metadata = load_checkpoint(path)
+    tensors, metadata = load_checkpoint(path, device=get_device(device))
     for key in ("class", "params", "data", "observation_space", "action_space"):
         if key not in metadata:
             raise CheckpointCorruptError(
@@ -261,7 +256,8 @@ def _read(path: Any) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
 
 def load_model(
     cls: type[M], path: Any, *, env: Any = None, device: torch.device | str = "auto",
-    custom_objects: dict[str, Any] | None = None, force_reset: bool = True, **kwargs: Any,
+    custom_objects: dict[str, Any] | None = None, force_reset: bool = True,
+    print_system_info: bool = False, **kwargs: Any,
 ) -> M:
     """Rebuild a model from a checkpoint.
 
@@ -274,6 +270,13 @@ def load_model(
     """
     params, metadata, path = _read(path)
     resume = params.pop(_RESUME, {})
+    if print_system_info:
+        saved = metadata.get("system_info")
+        print("== SAVED MODEL SYSTEM INFO ==")
+        print("\n".join(f"- {k}: {v}" for k, v in saved.items()) if isinstance(saved, dict)
+              else "(not stored in this checkpoint)")
+        print("== CURRENT SYSTEM INFO ==")
+        get_system_info(print_info=True)
     if metadata.get("class") != cls.__name__:
         raise ConfigurationError(
             got=f"a checkpoint of {metadata.get('class')!r}",
@@ -325,7 +328,8 @@ def load_model(
     return model
 
 
-def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> None:
+def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True,
+                   device: Any = "auto") -> None:
     """Load ``{"policy": state_dict, "policy.optimizer": state_dict}`` or a checkpoint path."""
     path: Any
     if isinstance(source, dict):
@@ -335,7 +339,7 @@ def set_parameters(model: DreamerV3, source: Any, exact_match: bool = True) -> N
         if unknown:
             raise ValueError(f"Key {sorted(unknown)[0]} is an invalid object name.")
     else:
-        params, _, path = _read(source)
+        params, _, path = _read(source, device)
         params.pop(_RESUME, None)
     _set_checked(model, params, path, resized=False, exact_match=exact_match)
 

@@ -19,6 +19,12 @@ from stable_baselines3.common.utils import is_vectorized_observation
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
 from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
 from physlink_gym.errors import ConfigurationError, ValidationError
+from physlink_gym.spaces import (
+    box_to_unit,
+    discrete_to_one_hot,
+    one_hot_to_discrete,
+    unit_to_box,
+)
 
 __all__ = ["DreamerV3Policy", "RecurrentState"]
 
@@ -85,31 +91,27 @@ class DreamerV3Policy(BasePolicy):
         self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete)
         self.optimizer = self.learner.optimizer
         self.nonfinite_obs = 0  # observations that were not finite (see act)
-        if not self.discrete:
-            assert isinstance(action_space, spaces.Box)
-            self._low = action_space.low.astype(np.float64)
-            self._high = action_space.high.astype(np.float64)
 
     # -- conversions between the learner's action space and the env's --------------------------
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         """Map learner actions ([-1, 1] or one-hot) to env actions (rescaled Box, or indices)."""
-        if self.discrete:
-            return np.asarray(action.argmax(axis=-1), dtype=np.int64)
-        scaled = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
-        assert isinstance(self.action_space, spaces.Box)
-        return np.asarray(scaled, dtype=self.action_space.dtype)
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            return one_hot_to_discrete(action, int(space.start))
+        assert isinstance(space, spaces.Box)
+        return unit_to_box(action, space.low, space.high, dtype=space.dtype)
 
     def to_learner_action(self, action: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_env_action` for Box actions: env units -> [-1, 1] (clipped).
+        """Inverse of :meth:`to_env_action`: env actions ``[N, ...]`` to ``[N, A]`` (float32).
 
-        ``2 (a - low) / (high - low) - 1``; a dimension with ``low == high`` has one possible
-        value and maps to 0 (instead of dividing by zero).
+        Box actions go to ``[-1, 1]`` (a dimension with ``low == high`` maps to 0), Discrete
+        indices (``start`` included) to one-hot rows.
         """
-        span = self._high - self._low
-        safe = np.where(span > 0, span, 1.0)
-        unit = np.where(span > 0, 2.0 * (np.asarray(action, np.float64) - self._low) / safe - 1.0,
-                        0.0)
-        return np.clip(unit, -1.0, 1.0).astype(np.float32)
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            return discrete_to_one_hot(action, int(space.n), int(space.start))
+        assert isinstance(space, spaces.Box)
+        return box_to_unit(np.asarray(action).reshape(len(action), -1), space.low, space.high)
 
     def initial_state(self, n: int) -> tuple[torch.Tensor, ...]:
         """Zero recurrent state for ``n`` rows, on the learner's device."""

@@ -1,4 +1,4 @@
-"""From VecEnv steps to replay entries, and invariant statistics for TensorBoard.
+"""From VecEnv steps to replay entries, and the update metrics for TensorBoard.
 
 Replay entries follow Dreamer's convention: entry ``t`` holds ``obs_t``, the action that led into
 it, the reward received on arriving, ``is_first``, ``is_terminal`` (a true terminal state:
@@ -8,7 +8,7 @@ truncation is not termination) and ``valid``. At an episode end the true final o
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,9 @@ from physlink_gym._records import find_record
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.errors import TrainingError
 
-__all__ = ["EntryWriter", "InvariantStats", "UpdateMetrics", "transition_valid"]
+__all__ = ["EntryWriter", "UpdateMetrics", "transition_valid"]
+
+_LOG = logging.getLogger("physlink_gym")
 
 
 def transition_valid(info: dict[str, Any]) -> bool:
@@ -94,50 +96,6 @@ class EntryWriter:
             )
 
 
-class InvariantStats:
-    """Counts invariant outcomes between two log dumps (``invariants/`` TensorBoard tags)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a new logging window."""
-        self.steps = 0
-        self.flagged = 0
-        self.cost = 0.0
-        self.violations: dict[str, int] = defaultdict(int)
-        self.seen = False
-
-    def update(self, infos: list[dict[str, Any]]) -> None:
-        """Add one vector step's infos."""
-        for info in infos:
-            record = find_record(info)
-            if record is None:
-                continue
-            self.seen = True
-            self.steps += 1
-            self.flagged += int(not record.get("valid", True))
-            self.cost += float(record.get("cost", 0.0))
-            violated = record.get("violated", ())
-            if isinstance(violated, dict):
-                violated = [k for k, v in violated.items() if v]
-            names = violated
-            for name in names:
-                self.violations[str(name)] += 1
-            for name in record.get("residuals", {}):
-                self.violations.setdefault(str(name), 0)
-
-    def record(self, logger: Any) -> None:
-        """Record rates on an SB3 logger and start a new window (no-op when not wrapped)."""
-        if not self.seen or self.steps == 0:
-            return
-        logger.record("invariants/flagged_rate", self.flagged / self.steps)
-        logger.record("invariants/cost_per_step", self.cost / self.steps)
-        for name, count in sorted(self.violations.items()):
-            logger.record(f"invariants/violation_rate/{name}", count / self.steps)
-        self.reset()
-
-
 class UpdateMetrics:
     """Sums the 0-d tensor metrics of updates and records their means at each log dump.
 
@@ -171,6 +129,8 @@ class UpdateMetrics:
         skipped = metrics.get("skipped")
         if skipped is not None:
             self.run = skipped if self.run is None else (self.run + skipped) * skipped
+            if _LOG.isEnabledFor(logging.DEBUG) and float(skipped):  # reads only at verbose 2
+                _LOG.debug("an update was skipped: its loss or a gradient was not finite")
 
     def check_finite(self) -> None:
         """Raise once too many updates in a row had a non-finite loss or gradient."""
