@@ -116,7 +116,8 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
                         f"known: {', '.join(INVARIANT_NAMES)}")
     parser.add_argument("--timesteps", type=_positive_int, default=10_000, metavar="N",
                         help="env steps to train for")
-    parser.add_argument("--preset", default="1m", help="debug | 1m | 12m | 25m | 50m | 200m")
+    parser.add_argument("--preset", default="1m",
+                        help="debug | small (short runs) | 1m | 12m | 25m | 50m | 200m")
     parser.add_argument("--logdir", default="runs/", help="TensorBoard log folder")
     parser.add_argument("--n-envs", type=_positive_int, default=1, metavar="K",
                         help="parallel envs (SB3 DummyVecEnv)")

@@ -1,11 +1,13 @@
-"""Learning benchmark: DreamerV3 against SB3 SAC on Pendulum-v1, side by side in one run.
+"""Learning benchmark: DreamerV3 (and SB3 SAC or PPO) on one env, side by side in one run.
 
-Both agents are evaluated on 10 deterministic episodes every ``--eval-every`` env steps, for each
-seed. SAC uses SB3's default hyperparameters. The script prints a table and writes
-``docs/benchmarks/learning.md`` and ``docs/benchmarks/learning.png``.
+Every agent is evaluated on 10 deterministic episodes every ``--eval-every`` env steps, for each
+seed; the training wall clock (evaluations excluded) is recorded at each evaluation, so the
+report gives both the env steps and the seconds to the target return, and the lowest return
+after it was first reached (does it stay up?). SAC and PPO use SB3's default hyperparameters.
+The script prints a table and writes ``<out>.md``, ``<out>.png`` and ``<out>.json``.
 
-    python scripts/bench_learning.py --steps 5000 --seeds 0 1 2
-    python scripts/bench_learning.py --steps 2000 --seeds 0 --preset debug   # quick look
+    python scripts/bench_learning.py --steps 5000 --seeds 0 1 2 --preset small
+    python scripts/bench_learning.py --env CartPole-v1 --algos DreamerV3 --preset small
 
 ``--jobs DreamerV3:1 SAC:0 ...`` runs only those (algo, seed) pairs, and ``--include
 earlier/learning.json`` adds the results of an earlier run with the same settings to the
@@ -18,30 +20,32 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import SAC
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from physlink_gym import DreamerV3
 
-ENV_ID = "Pendulum-v1"
-TARGET = -200.0
+#: Return that counts as solved (Pendulum-v1: the usual -200; the balance tasks: near max).
+TARGETS = {"Pendulum-v1": -200.0, "InvertedPendulum-v5": 950.0, "CartPole-v1": 475.0}
 
 
 class EvalEvery(BaseCallback):
     """Evaluate 10 deterministic episodes every ``every`` env steps; time the updates."""
 
-    def __init__(self, every: int, seed: int) -> None:
+    def __init__(self, env_id: str, every: int, seed: int) -> None:
         super().__init__()
         self.every = every
-        self.eval_env = Monitor(gym.make(ENV_ID))
+        self.eval_env = Monitor(gym.make(env_id))
         self.eval_env.reset(seed=10_000 + seed)
         self.points: list[tuple[int, float, float]] = []
         self.start = time.perf_counter()
@@ -53,7 +57,8 @@ class EvalEvery(BaseCallback):
             mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=10,
                                         deterministic=True)
             self.eval_time += time.perf_counter() - t0
-            self.points.append((self.num_timesteps, float(mean), float(std)))
+            train_s = time.perf_counter() - self.start - self.eval_time
+            self.points.append((self.num_timesteps, float(mean), float(std), train_s))
             print(f"  {type(self.model).__name__:9s} step {self.num_timesteps:6d} "
                   f"return {mean:8.1f} ± {std:5.1f}", flush=True)
         return True
@@ -63,14 +68,17 @@ def run_one(args: tuple[str, int, dict]) -> dict:
     """Train one agent on one seed; returns its curve and timings."""
     algo, seed, opts = args
     torch.set_num_threads(opts["threads"])
-    env = gym.make(ENV_ID)
+    env = gym.make(opts["env"])
     if algo == "DreamerV3":
-        model = DreamerV3("MlpPolicy", env, preset=opts["preset"], seed=seed,
-                          train_ratio=opts["train_ratio"], learning_starts=opts["learning_starts"],
-                          policy_kwargs=opts["overrides"] or None, device="cpu")
-    else:
+        model: Any = DreamerV3("MlpPolicy", env, preset=opts["preset"], seed=seed,
+                               train_ratio=opts["train_ratio"],
+                               learning_starts=opts["learning_starts"],
+                               policy_kwargs=opts["overrides"] or None, device="cpu")
+    elif algo == "SAC":
         model = SAC("MlpPolicy", env, seed=seed, device="cpu")
-    cb = EvalEvery(opts["eval_every"], seed)
+    else:
+        model = PPO("MlpPolicy", env, seed=seed, device="cpu")
+    cb = EvalEvery(opts["env"], opts["eval_every"], seed)
     t0 = time.perf_counter()
     model.learn(opts["steps"], callback=cb)
     wall = time.perf_counter() - t0 - cb.eval_time
@@ -80,9 +88,15 @@ def run_one(args: tuple[str, int, dict]) -> dict:
             "env_steps_per_s": opts["steps"] / wall}
 
 
-def first_reaching(curve: list, target: float) -> int | None:
-    """First evaluation step whose mean return is >= target."""
-    return next((step for step, mean, _ in curve if mean >= target), None)
+def first_reaching(curve: list, target: float) -> tuple[int, float] | None:
+    """``(env steps, training seconds)`` of the first evaluation with a mean >= target."""
+    return next(((p[0], p[3]) for p in curve if p[1] >= target), None)
+
+
+def lowest_after(curve: list, target: float) -> float | None:
+    """The lowest mean return from the first one >= target on (does it stay up?)."""
+    reached = first_reaching(curve, target)
+    return None if reached is None else min(p[1] for p in curve if p[0] >= reached[0])
 
 
 def write_report(results: list[dict], opts: dict, out: Path) -> None:
@@ -94,35 +108,44 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"DreamerV3": "tab:blue", "SAC": "tab:orange"}
+    colors = {"DreamerV3": "tab:blue", "SAC": "tab:orange", "PPO": "tab:green"}
+    target, env_id = opts["target"], opts["env"]
     for r in results:
         steps = [p[0] for p in r["curve"]]
         means = [p[1] for p in r["curve"]]
         ax.plot(steps, means, color=colors[r["algo"]], alpha=0.8,
                 label=f"{r['algo']} seed {r['seed']}")
-    ax.axhline(TARGET, color="gray", ls="--", lw=1, label=f"target {TARGET:.0f}")
+    ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.0f}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (10 deterministic episodes)")
-    ax.set_title(f"{ENV_ID}: DreamerV3 ({opts['preset']}) vs SB3 SAC")
+    others = " vs ".join(sorted({r["algo"] for r in results} - {"DreamerV3"}))
+    ax.set_title(f"{env_id}: DreamerV3 ({opts['preset']})" + (f" vs SB3 {others}" if others
+                                                              else ""))
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     lines = [
-        "# Learning: DreamerV3 vs SB3 SAC on Pendulum-v1", "",
+        f"# Learning: {env_id}", "",
         "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"
                                     for c in opts["argv"].split(" && ")), "",
         f"DreamerV3 preset `{opts['preset']}`, train_ratio {opts['train_ratio']}, "
         f"learning_starts {opts['learning_starts']}, overrides {opts['overrides'] or 'none'}; "
-        "SAC with SB3 defaults. Evaluation: 10 deterministic episodes every "
-        f"{opts['eval_every']} env steps. CPU, {opts['threads']} torch thread(s) per run.", "",
-        "| algo | seed | return at each eval | first step >= -200 | s/update | env steps/s |",
-        "|---|---|---|---|---|---|",
+        "SB3 baselines with their defaults. Evaluation: 10 deterministic episodes every "
+        f"{opts['eval_every']} env steps. CPU, {opts['threads']} torch thread(s) per run, "
+        f"{opts['workers']} runs at a time; load average {opts.get('load', '?')}.", "",
+        f"| algo | seed | return at each eval | first reaching {target:.0f}: env steps | "
+        "training seconds | lowest return after | s/update | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        curve = ", ".join(f"{m:.0f}" for _, m, _ in r["curve"])
+        curve = ", ".join(f"{p[1]:.0f}" for p in r["curve"])
+        reached = first_reaching(r["curve"], target)
+        low = lowest_after(r["curve"], target)
         lines.append(f"| {r['algo']} | {r['seed']} | {curve} | "
-                     f"{first_reaching(r['curve'], TARGET)} | {r['s_per_update']:.4f} | "
-                     f"{r['env_steps_per_s']:.1f} |")
+                     f"{reached[0] if reached else 'not reached'} | "
+                     f"{f'{reached[1]:.0f}' if reached else '-'} | "
+                     f"{f'{low:.0f}' if low is not None else '-'} | "
+                     f"{r['s_per_update']:.4f} | {r['env_steps_per_s']:.1f} |")
     lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -131,18 +154,22 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
 def main() -> None:
     """Parse arguments, run the agents (in parallel processes) and write the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="Pendulum-v1")
+    p.add_argument("--target", type=float, default=None,
+                   help=f"return counted as solved (default: {TARGETS})")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-every", type=int, default=1000)
-    p.add_argument("--preset", default="1m")
-    p.add_argument("--train-ratio", type=float, default=512)
-    p.add_argument("--learning-starts", type=int, default=1024)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--train-ratio", type=float, default=None, help="default: the preset's")
+    p.add_argument("--learning-starts", type=int, default=512)
     p.add_argument("--override", action="append", default=[],
                    help="config override key=value (JSON value), repeatable")
-    p.add_argument("--algos", nargs="+", default=["DreamerV3", "SAC"])
+    p.add_argument("--algos", nargs="+", default=["DreamerV3", "SAC"],
+                   choices=["DreamerV3", "SAC", "PPO"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="docs/benchmarks/learning")
+    p.add_argument("--out", default=None, help="default: docs/benchmarks/learning_<env>")
     p.add_argument("--jobs", nargs="+", default=None, metavar="ALGO:SEED",
                    help="run only these pairs instead of every algo for every seed")
     p.add_argument("--include", action="append", default=[], metavar="JSON",
@@ -151,9 +178,13 @@ def main() -> None:
     import sys
 
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.override)}
-    opts = {"steps": a.steps, "eval_every": a.eval_every, "preset": a.preset,
-            "train_ratio": a.train_ratio, "learning_starts": a.learning_starts,
-            "overrides": overrides, "threads": a.threads, "argv": " ".join(sys.argv[1:])}
+    target = a.target if a.target is not None else TARGETS[a.env]
+    opts = {"env": a.env, "target": target, "steps": a.steps, "eval_every": a.eval_every,
+            "preset": a.preset, "train_ratio": a.train_ratio,
+            "learning_starts": a.learning_starts, "overrides": overrides, "threads": a.threads,
+            "workers": a.workers, "argv": " ".join(sys.argv[1:])}
+    out = Path(a.out or f"docs/benchmarks/learning_{a.env.split('-')[0].lower()}")
+    load_before = os.getloadavg()[0]
     if a.jobs:
         pairs = [(j.split(":")[0], int(j.split(":")[1])) for j in a.jobs]
     else:
@@ -162,8 +193,9 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     with ctx.Pool(a.workers) as pool:
         results = pool.map(run_one, jobs, chunksize=1)
+    opts["load"] = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     for r in results:
-        r["opts"] = {k: v for k, v in opts.items() if k != "argv"}
+        r["opts"] = {k: v for k, v in opts.items() if k not in ("argv", "load")}
         r["argv"] = opts["argv"]
     for path in a.include:
         for r in json.loads(Path(path).read_text()):
@@ -174,11 +206,11 @@ def main() -> None:
     opts["argv"] = " && ".join(dict.fromkeys([r["argv"] for r in results[len(jobs):]]
                                              + [r["argv"] for r in results[:len(jobs)]]))
     results.sort(key=lambda r: (r["algo"], r["seed"]))
-    write_report(results, opts, Path(a.out))
+    write_report(results, opts, out)
     for algo in sorted({r["algo"] for r in results}):
         rs = [r for r in results if r["algo"] == algo]
-        reach = [first_reaching(r["curve"], TARGET) for r in rs]
-        print(f"{algo}: first step >= {TARGET}: {reach}; "
+        reach = [first_reaching(r["curve"], target) for r in rs]
+        print(f"{algo}: first (env step, training s) >= {target}: {reach}; "
               f"s/update {np.mean([r['s_per_update'] for r in rs]):.4f}; "
               f"env steps/s {np.mean([r['env_steps_per_s'] for r in rs]):.1f}")
 

@@ -21,7 +21,17 @@ REFERENCE_SIZES = {
 
 
 def test_preset_names() -> None:
-    assert PRESETS == ("debug", "1m", "12m", "25m", "50m", "200m")
+    assert PRESETS == ("debug", "1m", "small", "12m", "25m", "50m", "200m")
+
+
+def test_small_preset_is_1m_with_half_the_state_and_short_budget_settings() -> None:
+    small, ref = make_config("small"), make_config("1m")
+    assert (small.deter, small.hidden, small.classes, small.units) == (256, 64, 4, 64)
+    assert (small.batch_size, small.batch_length) == (16, 32)
+    assert (small.lr, small.warmup, small.train_ratio) == (5e-4, 100, 128.0)
+    same = {f.name for f in dataclasses.fields(ref)} - {
+        "deter", "batch_length", "train_ratio", "lr", "warmup", "preset"}
+    assert all(getattr(small, k) == getattr(ref, k) for k in same)
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_SIZES))

@@ -195,6 +195,29 @@ class Trajectories:
         arrays["obs"] = self.obs.reshape(len(self), -1)
         return arrays
 
+    # -------------------------------------------------------------- conversions
+    @classmethod
+    def from_list(cls, steps: Sequence[Any], **kwargs: Any) -> Trajectories:
+        """From a list of per-step dicts; see :func:`physlink_gym.data.convert.from_list`."""
+        from physlink_gym.data.convert import from_list
+
+        result: Trajectories = from_list(steps, **kwargs)
+        return result
+
+    @classmethod
+    def from_minari(cls, dataset: Any) -> Trajectories:
+        """From a Minari dataset; see :func:`physlink_gym.data.convert.from_minari`."""
+        from physlink_gym.data.convert import from_minari
+
+        result: Trajectories = from_minari(dataset)
+        return result
+
+    def to_minari(self, dataset_id: str, **kwargs: Any) -> Any:
+        """As a local Minari dataset; see :func:`physlink_gym.data.convert.to_minari`."""
+        from physlink_gym.data.convert import to_minari
+
+        return to_minari(self, dataset_id, **kwargs)
+
     # ------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write an uncompressed npz atomically at exactly ``path`` (no pickle inside).

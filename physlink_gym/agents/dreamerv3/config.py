@@ -188,6 +188,13 @@ _SIZES: dict[str, dict[str, Any]] = {
     ),
     # configs.yaml `size1m` ... `size200m`: {deter, hidden, classes} and `units`.
     "1m": dict(deter=512, hidden=64, classes=4, units=64),
+    # Not in the reference: for small tasks on a CPU (a swing-up, a balance task, CartPole) in
+    # a few thousand env steps. The 1m preset with half the recurrent state, windows of 32
+    # steps, and short-budget settings instead of the reference's lr 4e-5 / warm-up 1000 /
+    # train_ratio 1024; each was measured, not guessed (docs/dreamerv3.md#the-small-preset,
+    # docs/benchmarks/learning_*.md).
+    "small": dict(deter=256, hidden=64, classes=4, units=64, batch_length=32,
+                  train_ratio=128.0, lr=5e-4, warmup=100),
     "12m": dict(deter=2048, hidden=256, classes=16, units=256),
     "25m": dict(deter=3072, hidden=384, classes=24, units=384),
     "50m": dict(deter=4096, hidden=512, classes=32, units=512),
@@ -218,7 +225,8 @@ def make_config(preset: str = "1m", **overrides: Any) -> DreamerV3Config:
     """Build the config of a size preset, then apply overrides.
 
     Args:
-        preset: One of ``"debug"``, ``"1m"``, ``"12m"``, ``"25m"``, ``"50m"``, ``"200m"``.
+        preset: One of ``"debug"``, ``"small"``, ``"1m"``, ``"12m"``, ``"25m"``, ``"50m"``,
+            ``"200m"``.
         **overrides: Field names of :class:`DreamerV3Config` and their values.
 
     Returns:
@@ -237,7 +245,8 @@ def make_config(preset: str = "1m", **overrides: Any) -> DreamerV3Config:
         raise ConfigurationError(
             got=f"preset={preset!r}",
             expected=f"one of {', '.join(repr(p) for p in PRESETS)}",
-            fix="pass preset='1m' (vector observations) or another listed preset",
+            fix="pass preset='small' (small tasks, short runs), '1m' (the reference's proprio "
+            "size) or another listed preset",
         )
     _check_keys(overrides)
     values: dict[str, Any] = {**_SIZES[preset], "preset": preset}
