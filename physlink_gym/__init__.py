@@ -19,6 +19,7 @@ from physlink_gym.errors import PhysLinkError
 
 if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     from physlink_gym import invariants
+    from physlink_gym._audit import audit
     from physlink_gym.agents.dreamerv3.algorithm import DreamerV3
     from physlink_gym.diagnostics import doctor
     from physlink_gym.invariants.core import Invariant, register_invariant
@@ -35,6 +36,7 @@ __all__ = [
     "ObservationSpace",
     "PhysLinkError",
     "__version__",
+    "audit",
     "doctor",
     "invariants",
     "register_invariant",
@@ -51,6 +53,7 @@ _LAZY = {
     "InvariantWrapper": "physlink_gym.wrappers",
     "valid_mask": "physlink_gym.wrappers",
     "doctor": "physlink_gym.diagnostics",
+    "audit": "physlink_gym._audit",
 }
 
 

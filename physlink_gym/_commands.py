@@ -1,4 +1,4 @@
-"""Bodies of the ``physlink-gym train | evaluate | report`` commands (imported lazily by the CLI).
+"""Bodies of the ``physlink-gym train | evaluate | report | audit`` commands (loaded lazily).
 
 Everything a user can get wrong (env id, missing extra, invariant name, paths) becomes a
 :class:`~physlink_gym.errors.PhysLinkError`, which the CLI prints as one line.
@@ -16,7 +16,7 @@ import gymnasium as gym
 
 from physlink_gym.errors import ConfigurationError, ValidationError
 
-__all__ = ["evaluate", "make_env_fn", "report", "resolve_invariants", "train"]
+__all__ = ["audit", "evaluate", "make_env_fn", "report", "resolve_invariants", "train"]
 
 
 def check_env_id(env_id: str) -> None:
@@ -263,4 +263,72 @@ def report(args: argparse.Namespace) -> int:
         ) from None
     print(report_.summary())
     print(f"plot: {plot_path}")
+    return 0
+
+
+def _load_source(source: str) -> Any:
+    from physlink_gym.data import Trajectories
+
+    if source.startswith("minari:"):
+        return Trajectories.from_minari(source.removeprefix("minari:"))
+    path = Path(source)
+    if not path.is_file():
+        raise ValidationError(
+            got=f"PATH {source!r}, which is not a file",
+            expected="a trajectories .npz file (Trajectories.save) or minari:DATASET_ID",
+            fix="pass the file written by Trajectories.save / record_trajectories(...).save",
+        )
+    return Trajectories.load(path)
+
+
+def _audit_env(spec: str, data: Any) -> Any:
+    if spec == "none":
+        return None
+    env_id = data.meta.get("env_id") if spec == "auto" else spec
+    if not env_id:
+        return None
+    if spec == "auto":
+        try:
+            gym.spec(env_id)
+        except gym.error.Error:
+            return None  # recorded by an env this machine does not have: audit without it
+    check_env_id(env_id)
+    return gym.make(env_id)
+
+
+def audit(args: argparse.Namespace) -> int:
+    """``physlink-gym audit``: audit a trajectories file; write it, the report and its plot."""
+    import importlib.util
+
+    from physlink_gym import _audit
+    from physlink_gym.cli import INVARIANT_NAMES
+
+    names = [n.strip() for n in args.invariants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in INVARIANT_NAMES]
+    if unknown or not names:
+        raise ConfigurationError(
+            got=f"--invariants {args.invariants!r}",
+            expected=f"comma-separated names from: {', '.join(INVARIANT_NAMES)}",
+            fix="pass e.g. --invariants finite,obs_bounds,action_bounds",
+        )
+    out = Path(args.out)
+    check_writable_dir(out, "--out")
+    data = _load_source(args.source)
+    env = _audit_env(args.env, data)
+    audited, report_ = _audit.audit(data, names, env=env, dt=args.dt,
+                                    soft_weight=args.soft_weight)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(args.source).stem if not args.source.startswith("minari:") else "minari"
+    written = [audited.save(out / f"{name}_audited.npz"), report_.export(out / "compliance.json")]
+    if importlib.util.find_spec("matplotlib") is not None:
+        report_.plot(out / "compliance.png")
+        written.append(out / "compliance.png")
+    else:
+        print('no plot: matplotlib is not installed (pip install "physlink-gym[viz]")')
+    print(report_.summary())
+    rows = int((~audited.is_first).sum())
+    print(f"{audited.meta['audit']['flagged']} of {rows} transitions newly flagged invalid "
+          f"({int((~audited.valid & ~audited.is_first).sum())} invalid in all)")
+    for path in written:
+        print(f"wrote {path}")
     return 0

@@ -34,9 +34,9 @@ ACTIVE, SKIP, DISABLED = 0, 1, 2  # SKIP: its before_step hook failed, skip one 
 _INF = math.inf
 
 
-def not_applicable_report(inv: Invariant, exc: Exception) -> InvariantReport:
+def not_applicable_report(inv: Invariant, reason: Exception | str) -> InvariantReport:
     """The report of an invariant that cannot apply (its binder raised NotApplicableError)."""
-    return InvariantReport(inv.name, inv.mode, float(inv.tolerance), not_applicable=str(exc),
+    return InvariantReport(inv.name, inv.mode, float(inv.tolerance), not_applicable=str(reason),
                            hint=inv.hint)
 
 
@@ -109,12 +109,38 @@ class Slot:
             del costs[: len(costs) - MAX_KEPT_EPISODES]
         return self.ep_violations
 
+    def add_batch(self, r: np.ndarray, episode: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Count the residuals ``r`` of many transitions at once; return their violation mask.
+
+        The same bookkeeping as one :meth:`violation` per violating transition (the kept
+        largest ones, the count), without a Python call per transition; per-episode costs are
+        the caller's (it knows the episode boundaries).
+        """
+        self.flush()
+        self._fold(r)
+        bad = ~(r <= self.tol)  # NaN and inf violate
+        index = np.flatnonzero(bad)
+        self.rep.violations += int(index.size)
+        if index.size:
+            key = np.where(np.isnan(r[index]), _INF, r[index])
+            order = np.argsort(-key, kind="stable")[:MAX_KEPT_VIOLATIONS]
+            for k, i in zip(key[order].tolist(), index[order].tolist(), strict=True):
+                item = (k, int(episode[i]), int(step[i]), float(r[i]))
+                if len(self.heap) < MAX_KEPT_VIOLATIONS:
+                    heapq.heappush(self.heap, item)
+                elif item[0] > self.heap[0][0]:
+                    heapq.heapreplace(self.heap, item)
+        return bad
+
     def flush(self) -> None:
         """Fold the buffered residuals into the report's counts, maximum and histogram."""
         if not self.buf:
             return
         arr = np.asarray(self.buf, dtype=np.float64)
         self.buf.clear()
+        self._fold(arr)
+
+    def _fold(self, arr: np.ndarray) -> None:
         rep = self.rep
         rep.checked += arr.size
         finite = np.isfinite(arr)

@@ -185,11 +185,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return _commands.report(args)
 
 
+def _add_audit_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="check collected trajectories offline against invariants",
+        description="Run invariants over every transition of a trajectories file (written by "
+        "Trajectories.save or record_trajectories) or a local Minari dataset (minari:ID), then "
+        "write the audited file, compliance.json and compliance.png to --out and print the "
+        "summary.",
+        formatter_class=_HELP,
+    )
+    parser.add_argument("source", metavar="PATH",
+                        help="a trajectories .npz file, or minari:DATASET_ID")
+    parser.add_argument("--invariants", default="finite,obs_bounds,action_bounds",
+                        metavar="NAMES", help="comma-separated invariant names; known: "
+                        f"{', '.join(INVARIANT_NAMES)}")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--env", default="auto", metavar="ENV_ID",
+                        help="env whose spaces and parameters the invariants use ('auto': the "
+                        "env id recorded in the data, when registered; 'none': no env)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="seconds per step (default: recorded in the data, else the env's)")
+    parser.add_argument("--soft-weight", type=float, default=1.0,
+                        help="weight of the soft penalty in the penalised reward")
+    parser.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from physlink_gym import _commands
+
+    return _commands.audit(args)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # To add a command: write _add_<name>_parser and _cmd_<name> above, then list the adder here.
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
-    _add_train_parser, _add_evaluate_parser, _add_report_parser, _add_doctor_parser,
+    _add_train_parser, _add_evaluate_parser, _add_report_parser, _add_audit_parser,
+    _add_doctor_parser,
 )
 
 

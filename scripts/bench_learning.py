@@ -50,13 +50,15 @@ class EvalEvery(BaseCallback):
         self.points: list[tuple[int, float, float]] = []
         self.start = time.perf_counter()
         self.eval_time = 0.0
+        self.eval_cpu = 0.0
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.every == 0:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=10,
                                         deterministic=True)
             self.eval_time += time.perf_counter() - t0
+            self.eval_cpu += time.process_time() - c0
             train_s = time.perf_counter() - self.start - self.eval_time
             self.points.append((self.num_timesteps, float(mean), float(std), train_s))
             print(f"  {type(self.model).__name__:9s} step {self.num_timesteps:6d} "
@@ -79,11 +81,12 @@ def run_one(args: tuple[str, int, dict]) -> dict:
     else:
         model = PPO("MlpPolicy", env, seed=seed, device="cpu")
     cb = EvalEvery(opts["env"], opts["eval_every"], seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.learn(opts["steps"], callback=cb)
     wall = time.perf_counter() - t0 - cb.eval_time
+    cpu = time.process_time() - c0 - cb.eval_cpu
     n_updates = int(getattr(model, "_n_updates", 0))
-    return {"algo": algo, "seed": seed, "curve": cb.points, "wall_s": wall,
+    return {"algo": algo, "seed": seed, "curve": cb.points, "wall_s": wall, "cpu_s": cpu,
             "n_updates": n_updates, "s_per_update": wall / max(n_updates, 1),
             "env_steps_per_s": opts["steps"] / wall}
 
@@ -134,8 +137,9 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
         f"{opts['eval_every']} env steps. CPU, {opts['threads']} torch thread(s) per run, "
         f"{opts['workers']} runs at a time; load average {opts.get('load', '?')}.", "",
         f"| algo | seed | return at each eval | first reaching {target:.0f}: env steps | "
-        "training seconds | lowest return after | s/update | env steps/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "training seconds | lowest return after | training wall / CPU s | s/update | "
+        "env steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         curve = ", ".join(f"{p[1]:.0f}" for p in r["curve"])
@@ -145,6 +149,7 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
                      f"{reached[0] if reached else 'not reached'} | "
                      f"{f'{reached[1]:.0f}' if reached else '-'} | "
                      f"{f'{low:.0f}' if low is not None else '-'} | "
+                     f"{r['wall_s']:.0f} / {r.get('cpu_s', float('nan')):.0f} | "
                      f"{r['s_per_update']:.4f} | {r['env_steps_per_s']:.1f} |")
     lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
     out.with_suffix(".md").write_text("\n".join(lines))

@@ -292,10 +292,12 @@ def _actor(env: Any, policy: Any, deterministic: bool, seed: int | None) -> Call
 class _Buffer:
     """Per-entry lists, stacked once at the end."""
 
-    def __init__(self, info_keys: Sequence[str]) -> None:
+    def __init__(self, info_keys: Sequence[str],
+                 state: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
         self.rows: dict[str, list[Any]] = {name: [] for name in ENTRY_FIELDS}
         self.info_keys = tuple(info_keys)
         self.extras: dict[str, dict[int, Any]] = {}
+        self.state = state
 
     def add(self, obs: Any, action: np.ndarray, reward: float, info: dict[str, Any],
             first: bool = False, terminal: bool = False, last: bool = False) -> None:  # fmt: skip
@@ -309,6 +311,9 @@ class _Buffer:
         for key in self.info_keys:
             if key in info:
                 self.extras.setdefault(key, {})[index] = np.asarray(info[key], np.float32)
+        if self.state is not None:
+            for key, value in self.state().items():
+                self.extras.setdefault(key, {})[index] = value
 
     def build(self, meta: dict[str, Any]) -> Trajectories:
         n = len(self.rows["obs"])
@@ -322,6 +327,31 @@ class _Buffer:
         return Trajectories(**arrays, extras=extras, meta=meta)
 
 
+def _sim_state_reader(env: Any) -> Callable[[], dict[str, np.ndarray]]:
+    data = getattr(env.unwrapped, "data", None)
+    if not all(hasattr(data, k) for k in ("qpos", "qvel")):
+        raise ConfigurationError(
+            got=f"sim_state=True for {type(env.unwrapped).__name__}, which has no MuJoCo data",
+            expected="a MuJoCo-based env (env.unwrapped.data with qpos and qvel)",
+            fix="pass sim_state=False for this env",
+        )  # fmt: skip
+
+    def read() -> dict[str, np.ndarray]:
+        live = env.unwrapped.data  # looked up each time: an env may replace its MjData
+        return {"qpos": np.array(live.qpos, np.float32), "qvel": np.array(live.qvel, np.float32)}
+
+    return read
+
+
+def _dt_of(env: Any) -> float | None:
+    """Seconds per env step (``env.unwrapped.dt``), None when unknown or not finite."""
+    try:
+        dt = float(getattr(env.unwrapped, "dt", float("nan")))
+    except (TypeError, ValueError):
+        return None
+    return dt if np.isfinite(dt) else None
+
+
 def _describe(env: Any, discrete: bool) -> dict[str, Any]:
     space = env.action_space
     spec = getattr(env, "spec", None)
@@ -329,6 +359,7 @@ def _describe(env: Any, discrete: bool) -> dict[str, Any]:
         "env_id": getattr(spec, "id", None), "discrete": discrete,
         "n_actions": int(space.n) if discrete and hasattr(space, "n") else None,
         "action_shape": [int(d) for d in (getattr(space, "shape", None) or ())],
+        "dt": _dt_of(env),
         "physlink_gym_version": __version__,
     }  # fmt: skip
 
@@ -343,6 +374,7 @@ def record_trajectories(
     seed: int | None = None,
     discrete: bool | None = None,
     info_keys: Sequence[str] = ("cost",),
+    sim_state: bool = False,
 ) -> Trajectories:
     """Collect entries from one gymnasium env, keeping the invariant flags.
 
@@ -357,6 +389,9 @@ def record_trajectories(
         seed: Seeds the first ``reset`` and, for random actions, the action space.
         discrete: Store actions as a Discrete index (float ``[1]``); inferred when None.
         info_keys: Per-step ``info`` keys kept as float extras (0 where absent).
+        sim_state: Also keep a MuJoCo env's ``qpos`` and ``qvel`` after every reset and step
+            as the extras ``"qpos"`` and ``"qvel"``, so :func:`physlink_gym.audit` can replay
+            the state-based MuJoCo invariants offline.
 
     Returns:
         The entries; ``valid`` is ``info["physlink"]["valid"]`` (True when absent); a
@@ -372,7 +407,7 @@ def record_trajectories(
 
     discrete = isinstance(env.action_space, spaces.Discrete) if discrete is None else discrete
     act = _actor(env, policy, deterministic, seed)
-    buffer = _Buffer(info_keys)
+    buffer = _Buffer(info_keys, _sim_state_reader(env) if sim_state else None)
     obs, info = env.reset(seed=seed)
     action_dim = 1 if discrete else int(np.prod(env.action_space.shape))
     buffer.add(obs, np.zeros(action_dim, np.float32), 0.0, info, first=True)

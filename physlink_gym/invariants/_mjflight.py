@@ -169,6 +169,7 @@ class FlightMomentum(MjCheck):
     """The bound check of :func:`physlink_gym.invariants.mujoco.momentum`."""
 
     name = "momentum"
+    needs_live_step = "the contacts and applied forces of the step"
 
     def __init__(self, model: Any, substeps: int, clearance: float = 0.05) -> None:
         super().__init__()

@@ -255,6 +255,10 @@ class MjCheck:
 
     name = ""
     transient: tuple[str, ...] = ("_scratch", "_views")  # rebuilt lazily after unpickling
+    #: What a check needs beyond ``qpos``/``qvel`` at the ends of a step, which recorded data
+    #: cannot carry (forces, contacts, warning counters of the live step); empty when the
+    #: recorded states are enough, so :func:`physlink_gym.audit` can replay it offline.
+    needs_live_step = "the simulator's live step"
 
     def __init__(self) -> None:
         self._scratch: Scratch | None = None

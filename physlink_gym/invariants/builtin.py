@@ -43,6 +43,7 @@ __all__ = [
     "pendulum_energy",
     "pendulum_energy_bound",
     "pendulum_energy_residual",
+    "pendulum_energy_residuals",
 ]
 
 _FAST_LIST_MAX = 64  # up to this many dims, a bound check on a Python list beats numpy calls
@@ -182,6 +183,34 @@ def pendulum_energy_residual(
     return abs(dkin + half_mgl * (c1 - c0) - torque * dtheta)
 
 
+def pendulum_energy_residuals(
+    obs: Any, next_obs: Any, torque: Any, g: float = 10.0, m: float = 1.0, l: float = 1.0,  # noqa: E741
+    exact: bool = False,
+) -> np.ndarray:
+    """:func:`pendulum_energy_residual` of many transitions at once (rows of ``[M, 3]``).
+
+    Example:
+        >>> o0 = np.array([[0.0, 1.0, 0.0]]); o1 = np.array([[-0.0375, 0.9993, 0.75]])
+        >>> bool(np.isclose(pendulum_energy_residuals(o0, o1, np.zeros(1))[0],
+        ...                 pendulum_energy_residual(o0[0], o1[0], 0.0)))
+        True
+    """
+    x0 = np.asarray(obs, np.float64).reshape(-1, 3)
+    x1 = np.asarray(next_obs, np.float64).reshape(-1, 3)
+    c0, s0, w0 = x0.T
+    c1, s1, w1 = x1.T
+    torque = np.asarray(torque, np.float64)
+    inertia = m * l * l / 3.0
+    half_mgl = 0.5 * m * g * l
+    dtheta = np.arctan2(s1 * c0 - c1 * s0, c1 * c0 + s1 * s0)
+    dkin = 0.5 * inertia * (w1 * w1 - w0 * w0)
+    if exact:
+        out = np.abs(dkin + 0.5 * inertia * (w1 - w0) ** 2 - (half_mgl * s0 + torque) * dtheta)
+    else:
+        out = np.abs(dkin + half_mgl * (c1 - c0) - torque * dtheta)
+    return np.asarray(out, np.float64)
+
+
 # --------------------------------------------------------------------------- bound checks
 def _box_of(env: Any, attr: str, who: str) -> Any:
     space = getattr(env, attr, None)
@@ -217,6 +246,13 @@ def _finite_test(space: Any) -> Callable[[Any], bool]:
     return test
 
 
+def _nonfinite_rows(x: Any) -> np.ndarray:
+    """Number of NaN/±inf entries in every row of ``x`` (float64, shape ``[M]``)."""
+    x = np.asarray(x, np.float64)
+    count: np.ndarray = (~np.isfinite(x.reshape(x.shape[0], -1))).sum(axis=1)
+    return count.astype(np.float64)
+
+
 def _small_vector(space: Any) -> bool:
     shape = getattr(space, "shape", None)
     return shape is not None and len(shape) == 1 and shape[0] <= _FAST_LIST_MAX
@@ -246,6 +282,12 @@ class _FiniteCheck:
             except (AttributeError, TypeError, ValueError):
                 pass
         return self._general(t)
+
+    def batch(self, b: dict[str, Any]) -> np.ndarray:
+        """Residuals of many transitions (arrays with a leading axis; ``first`` marks resets)."""
+        count = _nonfinite_rows(b["next_obs"]) + _nonfinite_rows(b["action"])
+        count += ~np.isfinite(np.asarray(b["reward"], np.float64))
+        return np.asarray(count + np.where(b["first"], _nonfinite_rows(b["obs"]), 0.0))
 
     def _general(self, t: Transition) -> float:
         reward, next_obs, action = t["reward"], t["next_obs"], t["action"]
@@ -290,6 +332,26 @@ class _BoxCheck:
             except AttributeError:
                 pass
         return self._general(t)
+
+    def batch(self, b: dict[str, Any]) -> np.ndarray:
+        """Residuals of many transitions (arrays with a leading axis; ``first`` marks resets)."""
+        r = self._excess_rows(b[self.key])
+        if self.check_obs_on_reset:
+            r0 = self._excess_rows(b["obs"])
+            r = np.where(b["first"], np.where(np.isnan(r0), r0, np.maximum(r, r0)), r)
+        return r
+
+    def _excess_rows(self, x: Any) -> np.ndarray:
+        """:func:`box_excess` of every row of ``x`` (inf for rows of the wrong shape)."""
+        x = np.asarray(x, np.float64)
+        if x.shape[1:] != self.shape:
+            return np.full(x.shape[0], math.inf)
+        flat = x.reshape(x.shape[0], -1)
+        low, high = self.low.ravel(), self.high.ravel()
+        lo, hi = np.isfinite(low), np.isfinite(high)
+        over = np.max(flat[:, hi] - high[hi], axis=1, initial=0.0)
+        under = np.max(low[lo] - flat[:, lo], axis=1, initial=0.0)
+        return np.asarray(np.maximum(over, under))
 
     def _inside(self, x: Any) -> bool:
         if type(x) is not np.ndarray or x.shape != self.shape:
@@ -434,6 +496,13 @@ def pendulum_energy(
             torque = float(np.clip(u, -max_torque, max_torque))
             return pendulum_energy_residual(t["obs"], t["next_obs"], torque, g, m, length, exact)
 
+        def batch(b: dict[str, Any]) -> np.ndarray:
+            u = np.asarray(b["action"], np.float64).reshape(len(b["action"]), -1)[:, 0]
+            torque = np.clip(u, -max_torque, max_torque)
+            return pendulum_energy_residuals(b["obs"], b["next_obs"], torque, g, m, length,
+                                             exact)
+
+        check.batch = batch  # type: ignore[attr-defined]
         return check
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,

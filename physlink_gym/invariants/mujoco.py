@@ -69,6 +69,7 @@ assert _BAD.stop - _BAD.start == 4
 # --------------------------------------------------------------------------- joint limits
 class _JointLimits(MjCheck):
     name = "joint_limits"
+    needs_live_step = ""  # qpos only
 
     def __init__(self, model: Any, substeps: int) -> None:
         super().__init__()
@@ -111,6 +112,7 @@ def joint_limits(tolerance: float = 0.6, mode: Mode = "hard") -> Invariant:
 # --------------------------------------------------------------------------- sim health
 class _SimHealth(MjCheck):
     name = "sim_health"
+    needs_live_step = "MuJoCo's warning counters and time during the step"
     transient = ("_scratch", "_data", "_number")
 
     def __init__(self, model: Any, substeps: int) -> None:
@@ -166,6 +168,7 @@ def sim_health(tolerance: float = 0.0, mode: Mode = "hard") -> Invariant:
 # --------------------------------------------------------------------------- kinematics
 class _Kinematics(MjCheck):
     name = "kinematic_consistency"
+    needs_live_step = ""  # qpos and qvel only
 
     def __init__(self, model: Any, substeps: int) -> None:
         super().__init__()
@@ -225,6 +228,7 @@ def kinematic_consistency(tolerance: float = 1.0, mode: Mode = "hard") -> Invari
 # --------------------------------------------------------------------------- energy
 class _Energy(MjCheck):
     name = "mujoco_energy"
+    needs_live_step = "the actuator, applied and constraint forces of the step"
 
     def __init__(self, model: Any, substeps: int, constraint_work: bool = True) -> None:
         super().__init__()

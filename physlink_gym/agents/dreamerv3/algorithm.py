@@ -167,7 +167,7 @@ class DreamerV3(BaseAlgorithm):
         self.policy = policy_class(
             self.observation_space, self.action_space, self.lr_schedule, config
         ).to(self.device)
-        n_envs = self.n_envs if self.env is not None else 1
+        n_envs = int(getattr(self, "n_envs", 1) or 1)  # the env's, saved, or from_spaces'
         self.replay_buffer = SequenceReplay(
             capacity=max(self.buffer_size, n_envs * (config.batch_length + 1)),
             n_envs=n_envs, obs_dim=self.policy.obs_dim, action_dim=self.policy.act_dim,
@@ -176,8 +176,67 @@ class DreamerV3(BaseAlgorithm):
         self._policy_state = None
         self._entries = None
 
+    @classmethod
+    def from_spaces(
+        cls: type[SelfDreamerV3],
+        observation_space: Any,
+        action_space: Any,
+        *,
+        n_envs: int = 1,
+        policy: str | type[DreamerV3Policy] = "MlpPolicy",
+        **kwargs: Any,
+    ) -> SelfDreamerV3:
+        """Build the agent from spaces alone, without an env (e.g. to :meth:`fit` logged data).
+
+        Args:
+            observation_space: A 1-D ``gymnasium.spaces.Box`` or an
+                :class:`~physlink_gym.spaces.ObservationSpace`.
+            action_space: A 1-D ``Box`` with finite bounds, a ``Discrete``, or an
+                :class:`~physlink_gym.spaces.ActionSpace`.
+            n_envs: Envs of the VecEnv that :meth:`set_env` will give later (SB3 keeps it fixed).
+            policy: ``"MlpPolicy"`` or a :class:`DreamerV3Policy` subclass.
+            **kwargs: Any other argument of :class:`DreamerV3` (``preset``, ``seed``, ...).
+
+        ``fit()`` trains it on trajectories; ``set_env(env)`` (an env with these spaces) then
+        ``learn()`` continue online; ``save``/``load`` work without an env.
+
+        Example:
+            >>> from physlink_gym import ActionSpace, ObservationSpace
+            >>> model = DreamerV3.from_spaces(
+            ...     ObservationSpace(low=(-1.0, -1.0, -8.0), high=(1.0, 1.0, 8.0)),
+            ...     ActionSpace.continuous(1, [(-2.0, 2.0)]), preset="debug")
+            >>> model.env is None, model.action_space.shape
+            (True, (1,))
+        """
+        if "env" in kwargs:
+            raise ConfigurationError(got="from_spaces(..., env=...)",
+                                     expected="spaces only (the env comes later)",
+                                     fix="call model.set_env(env) after from_spaces")
+        model = cls(policy, None, _init_setup_model=False, **kwargs)
+        model.observation_space = _gym_space(observation_space, "observation_space")
+        model.action_space = _gym_space(action_space, "action_space")
+        model.n_envs = check_int("n_envs", n_envs, minimum=1)
+        model._setup_model()
+        return model
+
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         """Set a new env (same spaces and ``n_envs``, SB3's rule); the replay stream restarts."""
+        for name in ("observation_space", "action_space"):
+            ours, theirs = getattr(self, name), getattr(env, name, None)
+            if theirs != ours:
+                raise ConfigurationError(
+                    got=f"set_env with {name} {theirs}",
+                    expected=f"the model's {name} {ours}",
+                    fix="pass an env with the spaces the model was built for (or build a new "
+                    "model for this env)",
+                )
+        n = getattr(env, "num_envs", 1)
+        if n != self.n_envs:
+            raise ConfigurationError(
+                got=f"set_env with {n} env(s)", expected=f"{self.n_envs}, as the model was built",
+                fix=f"pass a VecEnv of {self.n_envs} env(s), or build the model with "
+                f"from_spaces(..., n_envs={n})",
+            )
         super().set_env(env, force_reset=force_reset)
         self._policy_state = None
         self._entries = None
@@ -235,6 +294,13 @@ class DreamerV3(BaseAlgorithm):
         so a short run still leaves its ``train/`` scalars in TensorBoard.
         """
         check_int("total_timesteps", total_timesteps, minimum=0)
+        if self.env is None:
+            raise ConfigurationError(
+                got="learn() on a model without an env (built by from_spaces or loaded "
+                "without one)",
+                expected="an env to collect experience from",
+                fix="call model.set_env(env) first; fit(trajectories) trains without an env",
+            )
         env_resets = reset_num_timesteps or self._last_obs is None  # _setup_learn resets then
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, False
@@ -512,6 +578,21 @@ class DreamerV3(BaseAlgorithm):
         from physlink_gym.viz import triptych
 
         return triptych(self, env_or_trajectories, path, **kwargs)
+
+
+def _gym_space(value: Any, name: str) -> spaces.Space[Any]:
+    """A Gymnasium space from one, or from a project ``ObservationSpace``/``ActionSpace``."""
+    to_gymnasium = getattr(value, "to_gymnasium", None)
+    if callable(to_gymnasium):
+        value = to_gymnasium()
+    if not isinstance(value, spaces.Space):
+        raise ConfigurationError(
+            got=f"{name}={value!r}",
+            expected="a gymnasium space (Box, or Discrete for actions) or a physlink_gym "
+            "ObservationSpace / ActionSpace",
+            fix=f"pass {name}=gymnasium.spaces.Box(low, high, dtype=np.float32)",
+        )
+    return value
 
 
 _LOG = logging.getLogger("physlink_gym")
