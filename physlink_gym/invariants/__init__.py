@@ -25,6 +25,7 @@ from physlink_gym.invariants.core import (
     InvariantResultError,
     NotApplicableError,
     Transition,
+    batch_invariant,
     register_invariant,
     to_residual,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "NotApplicableError",
     "Transition",
     "action_bounds",
+    "batch_invariant",
     "box_excess",
     "count_nonfinite",
     "energy_balance",

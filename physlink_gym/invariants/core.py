@@ -36,6 +36,7 @@ __all__ = [
     "InvariantResultError",
     "NotApplicableError",
     "Transition",
+    "batch_invariant",
     "register_invariant",
     "to_residual",
     "validate_invariant_args",
@@ -266,3 +267,42 @@ def register_invariant(
         )
     add(invariant)
     return invariant
+
+
+class _BatchCheck:
+    """Bound :func:`batch_invariant`: ``batch`` on many transitions, ``__call__`` on one."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+        self.batch = fn
+
+    def __call__(self, t: Transition) -> Any:
+        one = {key: np.asarray(t.get(key))[None] for key in ("obs", "action", "next_obs")}
+        one["reward"] = np.asarray([t["reward"]], np.float64)
+        one["first"] = np.asarray([t.get("step", 1) == 0])
+        return np.asarray(self.batch(one)).reshape(-1)[0]
+
+
+def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: float = 0.0,
+                    mode: Mode = "soft") -> Invariant:
+    """An invariant from a vectorised residual function: one residual per transition of a batch.
+
+    ``fn(batch)`` gets a dict of arrays with a leading axis ``M`` (``obs``, ``action``,
+    ``next_obs``, ``reward`` and ``first``, True on the first transition of an episode) and
+    returns ``M`` residuals >= 0. The same invariant runs online in
+    :class:`~physlink_gym.InvariantWrapper` (as a batch of one), offline in
+    :func:`physlink_gym.audit` and in :class:`~physlink_gym.vec.BatchedInvariantWrapper` (one
+    call for all transitions or sub-envs).
+
+    Example:
+        >>> inv = batch_invariant("speed", lambda b: np.abs(b["next_obs"][:, 2]), tolerance=8.0)
+        >>> check = inv.bind(None)
+        >>> check.batch({"next_obs": np.array([[0, 0, 1.0], [0, 0, -9.0]])}).tolist()
+        [1.0, 9.0]
+        >>> float(check({"obs": [0, 0, 0.0], "action": [0.0], "next_obs": [0, 0, -3.0],
+        ...              "reward": 0.0, "step": 4}))
+        3.0
+    """
+    _check_callable(name, fn)
+    return Invariant(name=name, tolerance=tolerance, mode=mode,
+                     binder=lambda env: _BatchCheck(fn),
+                     description="a vectorised residual function")
