@@ -57,7 +57,7 @@ class _SingleEnvView:
         self.action_space = venv.single_action_space
         self._base = None
         envs = getattr(venv.unwrapped, "envs", None)  # SyncVectorEnv: the sub-envs themselves
-        spec = getattr(venv.unwrapped, "spec", None)
+        spec: Any = getattr(venv.unwrapped, "spec", None)
         if envs:
             self._base = envs[0].unwrapped
         elif getattr(spec, "id", None):  # e.g. AsyncVectorEnv: one instance, never stepped
