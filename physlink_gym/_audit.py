@@ -49,7 +49,7 @@ from physlink_gym.invariants.core import Invariant, NotApplicableError, to_resid
 from physlink_gym.report import MAX_KEPT_EPISODES, ComplianceReport
 from physlink_gym.wrappers import InvariantWarning, _coerce_invariant, _finite_transition
 
-__all__ = ["COST_KEY", "PENALISED_REWARD_KEY", "RESIDUAL_PREFIX", "audit"]
+__all__ = ["COST_KEY", "PENALISED_REWARD_KEY", "RESIDUAL_PREFIX", "audit", "env_from_meta"]
 
 COST_KEY = "audit_cost"
 PENALISED_REWARD_KEY = "audit_penalised_reward"
@@ -163,6 +163,20 @@ def _bind(invariants: list[Invariant], stand_in: _OfflineEnv, data: Trajectories
     return slots, not_applicable
 
 
+def env_from_meta(data: Trajectories) -> Any:
+    """``gym.make`` of the env id recorded in ``data.meta`` when registered here, else None."""
+    import gymnasium as gym
+
+    env_id = data.meta.get("env_id")
+    if not isinstance(env_id, str) or not env_id:
+        return None
+    try:
+        gym.spec(env_id)
+        return gym.make(env_id)
+    except gym.error.Error:
+        return None
+
+
 def _dt(dt: Any, data: Trajectories, env: Any) -> float:
     for value in (dt, data.meta.get("dt"), getattr(getattr(env, "unwrapped", None), "dt", None)):
         if value is None:
@@ -187,6 +201,7 @@ def audit(
     action_space: Any = None,
     dt: float | None = None,
     soft_weight: float = 1.0,
+    all_residuals: bool = False,
 ) -> tuple[Trajectories, ComplianceReport]:
     """Check every transition of ``data`` against ``invariants``; return it audited, and a report.
 
@@ -203,6 +218,7 @@ def audit(
         dt: Seconds per step (``transition["dt"]``); default ``data.meta["dt"]``, then the
             env's, else NaN.
         soft_weight: Weight of the soft penalty in ``audit_penalised_reward``.
+        all_residuals: Keep ``audit_residual.<name>`` for hard invariants too.
 
     Returns:
         ``(audited, report)``: a copy of ``data`` whose ``valid`` is False where the data was
@@ -230,15 +246,17 @@ def audit(
     act_space = _space(action_space, "action_space") or getattr(env, "action_space", None)
     stand_in = _OfflineEnv(base, obs_space, act_space, _dt(dt, data, env))
     slots, not_applicable = _bind(invariant_list, stand_in, data, env)
-    return _Audit(data, slots, stand_in, float(soft_weight)).run(invariant_list, not_applicable)
+    return _Audit(data, slots, stand_in, float(soft_weight), all_residuals).run(
+        invariant_list, not_applicable)
 
 
 class _Audit:
     """One pass of the bound checks over the transitions of ``data``."""
 
     def __init__(self, data: Trajectories, slots: list[Slot], stand_in: _OfflineEnv,
-                 soft_weight: float) -> None:
+                 soft_weight: float, all_residuals: bool = False) -> None:
         self.data = data
+        self.all_residuals = all_residuals
         self.slots = slots
         self.stand_in = stand_in
         self.soft_weight = soft_weight
@@ -279,7 +297,7 @@ class _Audit:
         flagged = int(np.count_nonzero(~valid[rows] & data.valid[rows]))
         extras = dict(data.extras)
         for slot in self.slots:
-            if not slot.hard:
+            if self.all_residuals or not slot.hard:
                 extras[RESIDUAL_PREFIX + slot.name] = np.nan_to_num(
                     residuals[slot.name], nan=0.0, posinf=np.finfo(np.float32).max)
         extras[COST_KEY] = cost

@@ -282,18 +282,14 @@ def _load_source(source: str) -> Any:
 
 
 def _audit_env(spec: str, data: Any) -> Any:
+    from physlink_gym._audit import env_from_meta
+
     if spec == "none":
         return None
-    env_id = data.meta.get("env_id") if spec == "auto" else spec
-    if not env_id:
-        return None
-    if spec == "auto":
-        try:
-            gym.spec(env_id)
-        except gym.error.Error:
-            return None  # recorded by an env this machine does not have: audit without it
-    check_env_id(env_id)
-    return gym.make(env_id)
+    if spec == "auto":  # the recorded env id, when this machine has it
+        return env_from_meta(data)
+    check_env_id(spec)
+    return gym.make(spec)
 
 
 def audit(args: argparse.Namespace) -> int:

@@ -96,11 +96,13 @@ def _standardise(pred: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _animate(fig: Any, moving: list[Any], data: Sequence[np.ndarray],
-             frames: list[np.ndarray] | None, heat: bool) -> list[np.ndarray]:  # fmt: skip
+             frames: list[np.ndarray] | None, heat: bool,
+             marks: Sequence[str] | None = None) -> list[np.ndarray]:  # fmt: skip
     """Blit: draw the static figure once, then only the moving artists for each time step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas: Any = FigureCanvasAgg(fig)
+    label = fig.text(0.01, 0.005, "", color="#c0392b", fontsize=9, animated=True)
     for artist in moving:
         artist.set_animated(True)
     canvas.draw()
@@ -120,6 +122,9 @@ def _animate(fig: Any, moving: list[Any], data: Sequence[np.ndarray],
             elif frames:
                 artist.set_data(frames[min(t, len(frames) - 1)])
             artist.axes.draw_artist(artist)
+        if marks:
+            label.set_text(marks[t] if t < len(marks) else "")
+            fig.draw_artist(label)
         out.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
     return out
 
@@ -127,6 +132,7 @@ def _animate(fig: Any, moving: list[Any], data: Sequence[np.ndarray],
 def write_triptych_gif(
     pred: np.ndarray, real: np.ndarray, frames: list[np.ndarray] | None, context: int,
     names: Sequence[str], path: Path, *, fps: int, dpi: int, panel_inches: float,
+    marks: Sequence[str] | None = None,
 ) -> Path:  # fmt: skip
     """Draw ``len(real)`` frames (time ``0..t`` each) and save them as a looping GIF."""
     import matplotlib
@@ -155,7 +161,7 @@ def write_triptych_gif(
         moving = [*(images if heat else [a for panel in lines for a in panel])]
         if shown is not None:
             moving.append(shown)
-        arrays = _animate(fig, moving, data, frames, heat)
+        arrays = _animate(fig, moving, data, frames, heat, marks)
     finally:
         plt.close(fig)
     # One palette for all frames (from the last, most complete one): quantising each frame

@@ -185,6 +185,7 @@ def triptych(
     seed: int = 0,
     context: int = 5,
     dim_names: Sequence[str] | None = None,
+    invariants: Sequence[Any] | None = None,
 ) -> Path:
     """Write a GIF: imagined | real | imagined − real, one frame per time step.
 
@@ -209,6 +210,9 @@ def triptych(
         seed: Seeds the env reset and the imagined latent samples.
         context: Real steps observed before the open-loop rollout.
         dim_names: Names of the observation dimensions (default ``obs[i]``).
+        invariants: Transition-only invariants to score the imagined steps with: a frame
+            whose imagined transition violates one names it in red under the panels (see
+            :meth:`DreamerV3.imagination_report <physlink_gym.DreamerV3.imagination_report>`).
 
     Returns:
         The path of the GIF. It has one frame per shown time step and is
@@ -230,6 +234,11 @@ def triptych(
     )
     from physlink_gym._viz_draw import write_triptych_gif
 
+    marks = None
+    if invariants:
+        marks = _imagination_marks(model, pred, env_actions, int(context), invariants,
+                                   env_or_trajectories)
+
     names = list(dim_names) if dim_names is not None else [f"obs[{i}]" for i in range(obs.shape[1])]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +252,40 @@ def triptych(
         fps=fps,
         dpi=_DPI,
         panel_inches=_PANEL_INCHES,
+        marks=marks,
     )
+
+
+def _imagination_marks(model: Any, pred: np.ndarray, env_actions: np.ndarray, context: int,
+                       invariants: Sequence[Any], source: Any) -> list[str]:
+    """Per shown step: the invariants its imagined transition violates ("" if none)."""
+    import warnings
+
+    from physlink_gym._audit import audit
+    from physlink_gym.agents.dreamerv3.imagination import _as_trajectories, split_transition_only
+
+    context = min(max(context, 1), len(pred))
+    marks = [""] * len(pred)
+    usable, _ = split_transition_only(invariants)
+    if not usable or context >= len(pred):
+        return marks
+    acts = learner_actions(model, np.asarray(env_actions)[context:])
+    imagined = _as_trajectories(model, pred[None, context - 1:], acts[None],
+                                np.zeros((1, len(pred) - context), np.float32))
+    from physlink_gym._audit import env_from_meta
+
+    env = env_from_meta(source) if hasattr(source, "episodes") else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = audit(imagined, usable, env=env, all_residuals=True,
+                          observation_space=model.observation_space,
+                          action_space=model.action_space)
+    for inv in report.invariants:
+        for worst in inv.worst:  # [residual, episode, step, env]: step t → entry context + t
+            t = context + int(worst[2])
+            if 0 <= t < len(marks):
+                marks[t] = f"{marks[t]}, {inv.name}" if marks[t] else inv.name
+    return [f"imagined step violates: {m}" if m else "" for m in marks]
 
 
 def figure_to_array(fig: Any) -> np.ndarray:

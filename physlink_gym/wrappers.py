@@ -214,6 +214,11 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                                             "cache": {}}
 
     @property
+    def invariants(self) -> list[Invariant]:
+        """The invariants of this wrapper, in the order they were added (a copy)."""
+        return list(self._invariants)
+
+    @property
     def not_applicable(self) -> dict[str, str]:
         """``{name: reason}`` for the invariants that do not apply to this env."""
         return {k: str(r.not_applicable) for k, r in self._not_applicable.items()}

@@ -399,7 +399,8 @@ def finite(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "finite")
         2.0
     """
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=_FiniteCheck,
-                     description="obs, action, reward and next_obs are finite")
+                     description="obs, action, reward and next_obs are finite",
+                     transition_only=True)
 
 
 def obs_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "obs_bounds",
@@ -419,7 +420,7 @@ def obs_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "obs_
         return _BoxCheck("next_obs", _box_of(env, "observation_space", name), True)
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,
-                     description="next_obs inside the observation Box")
+                     description="next_obs inside the observation Box", transition_only=True)
 
 
 def action_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "action_bounds",
@@ -439,7 +440,7 @@ def action_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "a
         return _BoxCheck("action", _box_of(env, "action_space", name), False)
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,
-                     description="action inside the action Box")
+                     description="action inside the action Box", transition_only=True)
 
 
 def energy_balance(
@@ -464,7 +465,8 @@ def energy_balance(
         return energy_balance_residual(energy_fn(t["obs"]), energy_fn(t["next_obs"]), work_fn(t))
 
     return Invariant(name=name, fn=residual, tolerance=tolerance, mode=mode,
-                     description="|E(s') - E(s) - W| for a user energy and work")
+                     description="|E(s') - E(s) - W| for a user energy and work",
+                     transition_only=True)
 
 
 def pendulum_energy(
@@ -519,5 +521,6 @@ def pendulum_energy(
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,
                      description="Pendulum-v1 energy balance (clip steps violate)",
+                     transition_only=True,
                      hint="Pendulum-v1 clips the angular speed at ±8 rad/s, which breaks the "
                      "energy identity on those steps: the env's own clipping, not a fault")

@@ -115,6 +115,10 @@ class Invariant:
         description: One line for reports and docs.
         hint: What a violation usually means, shown beside a FAIL in the report's summary
             (e.g. a known property of the env rather than a fault).
+        transition_only: The residual needs only the transition (``obs``, ``action``,
+            ``next_obs``, ``reward``, ``dt``), never the live simulator: such an invariant
+            can also score the world model's decoded imagined transitions. Refused together
+            with ``requires=("mujoco",)``.
     """
 
     name: str
@@ -125,8 +129,18 @@ class Invariant:
     binder: Callable[[Any], BoundCheck] | None = field(default=None, compare=False)
     description: str = ""
     hint: str = ""
+    transition_only: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.transition_only, bool) or (
+            self.transition_only and "mujoco" in self.requires
+        ):
+            raise ConfigurationError(
+                got=f"transition_only={self.transition_only!r} for invariant {self.name!r} "
+                f"(requires={self.requires!r})",
+                expected="True only for an invariant that needs nothing but the transition",
+                fix="pass transition_only=False for checks that read the simulator",
+            )
         if self.fn is None and self.binder is None:
             raise ConfigurationError(
                 got=f"invariant {self.name!r} with neither fn nor binder",
@@ -239,7 +253,7 @@ def _bad_result(value: Any) -> InvariantResultError:
 
 def register_invariant(
     target: Any, name: str, fn: Callable[[Transition], Any], tolerance: float,
-    mode: Mode = "soft",
+    mode: Mode = "soft", *, transition_only: bool = False,
 ) -> Invariant:
     """Attach a plain callable to ``target`` as an invariant and return it.
 
@@ -257,7 +271,8 @@ def register_invariant(
         >>> t.added
         ['height']
     """
-    invariant = Invariant(name=name, fn=fn, tolerance=tolerance, mode=mode)
+    invariant = Invariant(name=name, fn=fn, tolerance=tolerance, mode=mode,
+                          transition_only=transition_only)
     add = getattr(target, "add_invariant", None)
     if add is None:
         raise ConfigurationError(
@@ -305,4 +320,4 @@ def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: f
     _check_callable(name, fn)
     return Invariant(name=name, tolerance=tolerance, mode=mode,
                      binder=lambda env: _BatchCheck(fn),
-                     description="a vectorised residual function")
+                     description="a vectorised residual function", transition_only=True)

@@ -569,6 +569,24 @@ class DreamerV3(BaseAlgorithm):
         """
         return offline.world_model_loss(self, trajectories, sequence_length, seed)
 
+    def imagination_report(
+        self, env_or_trajectories: Any, invariants: Any = None, *, steps: int = 64,
+        context: int = 5, episodes: int = 10, seed: int = 0,
+    ) -> Any:
+        """Does the world model dream physics? A ComplianceReport of its open-loop imagination.
+
+        From real start states (``episodes`` episodes of ``Trajectories``, or recorded with this
+        model's deterministic policy in an env), the model observes ``context`` steps and then
+        imagines the rest of ``steps`` under the real actions; the decoded imagined transitions
+        are scored with ``invariants`` (default: those of an :class:`InvariantWrapper` env).
+        Invariants without ``transition_only`` need a simulator: NOT_APPLICABLE, with why.
+        See :mod:`~physlink_gym.agents.dreamerv3.imagination`.
+        """
+        from physlink_gym.agents.dreamerv3.imagination import imagination_report
+
+        return imagination_report(self, env_or_trajectories, invariants, steps=steps,
+                                  context=context, episodes=episodes, seed=seed)
+
     def visualize(self, env_or_trajectories: Any, path: Any, **kwargs: Any) -> Any:
         """Write the world-model triptych GIF (imagined | real | difference); returns its path.
 

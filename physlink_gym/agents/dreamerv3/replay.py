@@ -207,8 +207,12 @@ class SequenceReplay:
         """Whether some env stream holds at least ``length`` consecutive entries."""
         return length >= 1 and bool((self._count >= length).any())
 
-    def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None,
+               ) -> dict[str, np.ndarray]:
         """Draw ``batch_size`` windows of ``length`` consecutive entries, sanitised.
+
+        ``rng`` draws the windows instead of the replay's own generator (whose state the
+        checkpoint keeps), e.g. for diagnostics that must not change the training stream.
 
         Returns:
             ``obs [B, T, obs_dim]``, ``action [B, T, action_dim]``, ``reward [B, T]`` (float32)
@@ -228,7 +232,7 @@ class SequenceReplay:
             )
         windows = np.maximum(self._count - length + 1, 0)
         ends = np.cumsum(windows)
-        draw = self._rng.integers(0, ends[-1], size=batch_size)
+        draw = (rng or self._rng).integers(0, ends[-1], size=batch_size)
         env = np.searchsorted(ends, draw, side="right")
         oldest = (self._pos[env] - self._count[env]) % self.per_env
         start = oldest + draw - (ends[env] - windows[env])
