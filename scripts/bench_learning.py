@@ -131,7 +131,8 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
         f"# Learning: {env_id}", "",
         "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"
                                     for c in opts["argv"].split(" && ")), "",
-        f"DreamerV3 preset `{opts['preset']}`, train_ratio {opts['train_ratio']}, "
+        f"DreamerV3 preset `{opts['preset']}`, train_ratio "
+        f"{opts['train_ratio'] or 'of the preset'}, "
         f"learning_starts {opts['learning_starts']}, overrides {opts['overrides'] or 'none'}; "
         "SB3 baselines with their defaults. Evaluation: 10 deterministic episodes every "
         f"{opts['eval_every']} env steps. CPU, {opts['threads']} torch thread(s) per run, "

@@ -7,34 +7,13 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from faulty_envs import PendulumFaults
 
 from physlink_gym import ActionSpace, InvariantWrapper, ObservationSpace, audit, invariants
 from physlink_gym.data import Trajectories, record_trajectories
 from physlink_gym.errors import ConfigurationError, ValidationError
 from physlink_gym.invariants import Invariant
 from physlink_gym.invariants.core import NotApplicableError
-
-
-class Faults(gym.Wrapper):
-    """Pendulum with injected faults: NaN readings, teleports and a sensor past its range."""
-
-    def __init__(self, env: gym.Env, seed: int = 0) -> None:
-        super().__init__(env)
-        self.rng = np.random.default_rng(seed)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        obs = obs.copy()
-        u = self.rng.random()
-        if u < 0.02:
-            obs[2] = np.nan
-        elif u < 0.05:
-            angle = self.rng.uniform(-np.pi, np.pi)
-            obs[:2] = np.cos(angle), np.sin(angle)  # a teleport: energy jumps
-        elif u < 0.07:
-            obs[2] = 9.5  # past the |ω| <= 8 bound
-        info["torque_sq"] = float(np.square(action).sum())
-        return obs, reward, terminated, truncated, info
 
 
 def _pendulum_invariants():
@@ -62,7 +41,7 @@ class WideActions:
 
 
 def _online(n_steps: int = 1200, seed: int = 0):
-    env = InvariantWrapper(Faults(gym.make("Pendulum-v1", max_episode_steps=150), seed),
+    env = InvariantWrapper(PendulumFaults(gym.make("Pendulum-v1", max_episode_steps=150), seed),
                            _pendulum_invariants())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

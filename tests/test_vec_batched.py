@@ -7,6 +7,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from faulty_envs import PendulumFaults
 
 from physlink_gym import InvariantWrapper, audit, invariants, valid_mask
 from physlink_gym.data import record_trajectories
@@ -15,27 +16,6 @@ from physlink_gym.invariants import Invariant, batch_invariant
 from physlink_gym.vec import BatchedInvariantWrapper
 
 N = 4
-
-
-class Faults(gym.Wrapper):
-    """Pendulum with NaN readings, teleports and out-of-range readings, seeded per env."""
-
-    def __init__(self, env: gym.Env, seed: int) -> None:
-        super().__init__(env)
-        self.rng = np.random.default_rng(seed)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        obs = obs.copy()
-        u = self.rng.random()
-        if u < 0.02:
-            obs[2] = np.nan
-        elif u < 0.05:
-            angle = self.rng.uniform(-np.pi, np.pi)
-            obs[:2] = np.cos(angle), np.sin(angle)
-        elif u < 0.07:
-            obs[2] = 9.5
-        return obs, reward, terminated, truncated, info
 
 
 def _speed(batch):
@@ -50,7 +30,7 @@ def _invariants():
 
 def _make(i, wrap):
     def make():
-        env = Faults(gym.make("Pendulum-v1", max_episode_steps=120), seed=i)
+        env = PendulumFaults(gym.make("Pendulum-v1", max_episode_steps=120), seed=i)
         return InvariantWrapper(env, _invariants()) if wrap else env
     return make
 
