@@ -37,7 +37,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import safe_mean
 
-from physlink_gym.agents.dreamerv3 import offline, persistence
+from physlink_gym.agents.dreamerv3 import distributed, offline, persistence
 from physlink_gym.agents.dreamerv3.config import (
     DreamerV3Config,
     make_config,
@@ -125,6 +125,12 @@ class DreamerV3(BaseAlgorithm):
             train_ratio=train_ratio, batch_size=batch_size, sequence_length=sequence_length,
         )
         config = make_config(preset, **self.config_overrides)  # validates early
+        # Under torchrun: join the process group; each rank its own seed, rank 0 alone logs.
+        device = distributed.setup(device)
+        self.rank = distributed.rank()
+        if self.rank:
+            seed = None if seed is None else seed + self.rank
+            tensorboard_log, verbose = None, 0
         super().__init__(
             policy, env, learning_rate=schedule or config.lr, policy_kwargs=policy_kwargs,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -167,6 +173,7 @@ class DreamerV3(BaseAlgorithm):
         self.policy = policy_class(
             self.observation_space, self.action_space, self.lr_schedule, config
         ).to(self.device)
+        distributed.broadcast_module(self.policy)  # every rank starts from rank 0's weights
         n_envs = int(getattr(self, "n_envs", 1) or 1)  # the env's, saved, or from_spaces'
         self.replay_buffer = SequenceReplay(
             capacity=max(self.buffer_size, n_envs * (config.batch_length + 1)),
@@ -483,15 +490,18 @@ class DreamerV3(BaseAlgorithm):
         return [*super()._excluded_save_params(), "observation_space", "action_space",
                 "policy_class", "lr_schedule", "_last_obs", "_last_original_obs",
                 "_last_episode_starts", "ep_info_buffer", "ep_success_buffer", "_policy_state",
-                "_entries", "invariant_stats", "_update_metrics", "action_noise"]
+                "_entries", "invariant_stats", "_update_metrics", "action_noise", "rank"]
 
     def save(
         self, path: Any, exclude: Any = None, include: Any = None
     ) -> None:
         """Save a safe checkpoint (safetensors weights + JSON metadata; never pickle).
 
-        A path without suffix gets ``.zip``. The write is atomic.
+        A path without suffix gets ``.zip``. The write is atomic. In a data-parallel run only
+        rank 0 writes (the weights are the same on every rank); the other ranks return.
         """
+        if distributed.rank():
+            return
         persistence.save_model(self, path, exclude=exclude, include=include)
 
     @classmethod

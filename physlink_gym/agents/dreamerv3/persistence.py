@@ -30,6 +30,7 @@ from gymnasium import spaces
 from stable_baselines3.common.utils import check_for_correct_spaces, get_device, get_system_info
 
 from physlink_gym.agents.dreamerv3 import checkpoint_checks as checks
+from physlink_gym.agents.dreamerv3 import distributed
 from physlink_gym.agents.dreamerv3.config import ARG_FIELDS, make_config, overrides_from_args
 from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
@@ -316,6 +317,10 @@ def load_model(
                 policy_kwargs=data["config_overrides"], _init_setup_model=False)
     model.__dict__.update(data)
     model.__dict__.update(kwargs)
+    rank = distributed.rank()
+    if rank:  # data-parallel: this rank's own seed (envs, replay draws), rank 0 alone logs
+        model.rank, model.tensorboard_log, model.verbose = rank, None, 0
+        model.seed = None if model.seed is None else model.seed + rank
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()
@@ -325,6 +330,9 @@ def load_model(
     checks.check_resume(path, resume, policy.obs_dim,
                         [(s.shape[1],) for s in policy.initial_state(1)])
     _restore_resume(model, resume, stream=env is not None and not force_reset)
+    if rank:  # rank 0's random state was restored: draw this rank's own noise from here on
+        torch.manual_seed(int(model.seed if model.seed is not None else torch.seed()) + rank)
+        np.random.seed((int(model.seed or 0) + rank) % 2**32)
     return model
 
 

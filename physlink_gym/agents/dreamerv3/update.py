@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physlink_gym.agents.dreamerv3 import distributed
 from physlink_gym.agents.dreamerv3.compile import maybe_compiled
 from physlink_gym.agents.dreamerv3.config import DreamerV3Config
 from physlink_gym.agents.dreamerv3.distributions import (
@@ -166,9 +167,13 @@ def train_step(m: Nets, data: dict[str, Tensor], noise: Noise, lr: Tensor) -> Me
     params = m.optimizer.param_groups[0]["params"]
     grads = torch.autograd.grad(total, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+    if distributed.active():  # data-parallel: every rank applies the ranks' mean
+        *grads, check, retnorm = distributed.all_average([*grads, total.detach(), retnorm])
+    else:
+        check = total
     with torch.no_grad():
         squares = torch.stack([torch.square(g).sum() for g in grads]).sum()
-        finite = torch.isfinite(total) & torch.isfinite(squares)
+        finite = torch.isfinite(check) & torch.isfinite(squares)
         applied = m.optimizer.applied_lr(lr)
         metrics["grad_norm"] = m.optimizer.apply(grads, lr=lr, finite=finite)
         m.retnorm.commit(retnorm, finite)
