@@ -197,18 +197,23 @@ def pendulum_energy_residuals(
     """
     x0 = np.asarray(obs, np.float64).reshape(-1, 3)
     x1 = np.asarray(next_obs, np.float64).reshape(-1, 3)
-    c0, s0, w0 = x0.T
-    c1, s1, w1 = x1.T
-    torque = np.asarray(torque, np.float64)
+    out = _pendulum_energy_math(x0, x1, np.asarray(torque, np.float64), np.arctan2,
+                                g, m, l, exact)
+    return np.asarray(out, np.float64)
+
+
+def _pendulum_energy_math(x0: Any, x1: Any, torque: Any, atan2: Any, g: float, m: float,
+                          l: float, exact: bool) -> Any:  # noqa: E741
+    """The residual's arithmetic on ``[M, 3]`` rows: numpy arrays or torch tensors alike."""
+    c0, s0, w0 = x0[:, 0], x0[:, 1], x0[:, 2]
+    c1, s1, w1 = x1[:, 0], x1[:, 1], x1[:, 2]
     inertia = m * l * l / 3.0
     half_mgl = 0.5 * m * g * l
-    dtheta = np.arctan2(s1 * c0 - c1 * s0, c1 * c0 + s1 * s0)
+    dtheta = atan2(s1 * c0 - c1 * s0, c1 * c0 + s1 * s0)
     dkin = 0.5 * inertia * (w1 * w1 - w0 * w0)
     if exact:
-        out = np.abs(dkin + 0.5 * inertia * (w1 - w0) ** 2 - (half_mgl * s0 + torque) * dtheta)
-    else:
-        out = np.abs(dkin + half_mgl * (c1 - c0) - torque * dtheta)
-    return np.asarray(out, np.float64)
+        return abs(dkin + 0.5 * inertia * (w1 - w0) ** 2 - (half_mgl * s0 + torque) * dtheta)
+    return abs(dkin + half_mgl * (c1 - c0) - torque * dtheta)
 
 
 # --------------------------------------------------------------------------- bound checks
@@ -516,7 +521,16 @@ def pendulum_energy(
             return pendulum_energy_residuals(b["obs"], b["next_obs"], torque, g, m, length,
                                              exact)
 
+        def torch_residual(b: dict[str, Any]) -> Any:  # differentiable (physics loss)
+            import torch
+
+            u = b["action"].reshape(b["action"].shape[0], -1)[:, 0]
+            return _pendulum_energy_math(b["obs"], b["next_obs"],
+                                         u.clamp(-max_torque, max_torque), torch.atan2,
+                                         g, m, length, exact)
+
         check.batch = batch  # type: ignore[attr-defined]
+        check.torch = torch_residual  # type: ignore[attr-defined]
         return check
 
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,

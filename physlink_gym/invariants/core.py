@@ -287,8 +287,10 @@ def register_invariant(
 class _BatchCheck:
     """Bound :func:`batch_invariant`: ``batch`` on many transitions, ``__call__`` on one."""
 
-    def __init__(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(self, fn: Callable[[dict[str, Any]], Any],
+                 torch_fn: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.batch = fn
+        self.torch = torch_fn  # differentiable version for the physics loss, if given
 
     def __call__(self, t: Transition) -> Any:
         one = {key: np.asarray(t.get(key))[None] for key in ("obs", "action", "next_obs")}
@@ -298,7 +300,8 @@ class _BatchCheck:
 
 
 def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: float = 0.0,
-                    mode: Mode = "soft") -> Invariant:
+                    mode: Mode = "soft", *,
+                    torch_fn: Callable[[dict[str, Any]], Any] | None = None) -> Invariant:
     """An invariant from a vectorised residual function: one residual per transition of a batch.
 
     ``fn(batch)`` gets a dict of arrays with a leading axis ``M`` (``obs``, ``action``,
@@ -307,6 +310,10 @@ def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: f
     :class:`~physlink_gym.InvariantWrapper` (as a batch of one), offline in
     :func:`physlink_gym.audit` and in :class:`~physlink_gym.vec.BatchedInvariantWrapper` (one
     call for all transitions or sub-envs).
+
+    ``torch_fn``, the same residual written with torch operations on a dict of tensors
+    (``obs``, ``action`` in env units, ``next_obs``), makes a soft invariant usable as a
+    training signal for DreamerV3's world model (config ``physics_weight``).
 
     Example:
         >>> inv = batch_invariant("speed", lambda b: np.abs(b["next_obs"][:, 2]), tolerance=8.0)
@@ -318,6 +325,8 @@ def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: f
         3.0
     """
     _check_callable(name, fn)
+    if torch_fn is not None:
+        _check_callable(name, torch_fn)
     return Invariant(name=name, tolerance=tolerance, mode=mode,
-                     binder=lambda env: _BatchCheck(fn),
+                     binder=lambda env: _BatchCheck(fn, torch_fn),
                      description="a vectorised residual function", transition_only=True)

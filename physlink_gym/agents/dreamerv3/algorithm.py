@@ -26,6 +26,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -319,6 +320,8 @@ class DreamerV3(BaseAlgorithm):
             self._policy_state = None
             self._entries = None
         add_invariant_layout(self.logger)
+        if self.config.physics_weight > 0 and self.policy.learner.physics is None:
+            self.set_physics_invariants()  # the training env's soft invariants
         self._warn_if_no_update(total_timesteps)
         callback.on_training_start(locals(), globals())
         assert self.env is not None
@@ -544,6 +547,45 @@ class DreamerV3(BaseAlgorithm):
         self.replay_buffer = persistence.load_replay(self, path)
         self._entries = None
 
+    def set_physics_invariants(self, invariants: Sequence[Any] | None = None,
+                               env: Any = None) -> None:
+        """Bind the soft invariants the world model trains against (config ``physics_weight``).
+
+        Without ``invariants``: those of the training env's ``InvariantWrapper`` (its first
+        sub-env). ``env`` gives checks like ``pendulum_energy`` their parameters (default: the
+        training env's first sub-env, or one made from its spec). ``learn()`` and ``fit()``
+        call this when ``physics_weight > 0`` and nothing is bound yet. See
+        :mod:`~physlink_gym.agents.dreamerv3.physics`.
+
+        Raises:
+            ConfigurationError: with no invariants to use, or a soft one that is not
+                differentiable.
+        """
+        from physlink_gym.agents.dreamerv3.physics import physics_terms
+
+        venv = self.get_env()
+        if invariants is None and venv is not None:
+            try:
+                invariants = venv.get_attr("invariants", [0])[0]
+            except AttributeError:
+                invariants = None
+        if invariants is None:
+            raise ConfigurationError(
+                got="physics_weight > 0 and no invariants (no env wrapped in InvariantWrapper)",
+                expected="the soft invariants to train the world model against",
+                fix="call model.set_physics_invariants([invariants.pendulum_energy()], env=env) "
+                "before fit(), or wrap the training env in InvariantWrapper")
+        if env is None and venv is not None:
+            envs = getattr(venv, "envs", None)
+            if envs:
+                env = envs[0]
+            else:
+                import gymnasium as gym
+
+                spec = venv.get_attr("spec", [0])[0]
+                env = gym.make(spec) if spec is not None else None
+        self.policy.learner.physics = physics_terms(invariants, env, self.action_space)
+
     # -- training on collected data -------------------------------------------------------------
     def fit(
         self: SelfDreamerV3,
@@ -563,6 +605,8 @@ class DreamerV3(BaseAlgorithm):
         updates, with an optional progress bar. :meth:`learn` can continue online afterwards.
         See :mod:`~physlink_gym.agents.dreamerv3.offline`.
         """
+        if self.config.physics_weight > 0 and self.policy.learner.physics is None:
+            self.set_physics_invariants()
         offline.fit(
             self, trajectories, gradient_steps, batch_size=batch_size,
             sequence_length=sequence_length, progress_bar=progress_bar,

@@ -130,6 +130,9 @@ class DreamerV3Config:
     # per update at 1m, -8% at the sheeprl-XS size, none at 12m, for a first update of 10 s
     # (inductor cache warm) to 100 s (cold); off by default for robustness. Falls back to eager,
     # with a warning, where compiling fails. See docs/benchmarks/speed.md.
+    physics_weight: float = 0.0  # no reference counterpart (opt-in): weight of the soft,
+    # differentiable invariants' residual excess on the model's one-step predictions in the
+    # world-model loss (physics.py; measured in docs/imagination.md)
     preset: str = field(default="1m")  # the size preset these figures came from (bookkeeping)
 
     def __post_init__(self) -> None:

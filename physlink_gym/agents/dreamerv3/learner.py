@@ -41,6 +41,7 @@ from physlink_gym.agents.dreamerv3.distributions import twohot_bins
 from physlink_gym.agents.dreamerv3.networks import Actor, Decoder, Encoder, MLPHead, TwoHotHead
 from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
 from physlink_gym.agents.dreamerv3.optim import LaProp
+from physlink_gym.agents.dreamerv3.physics import PhysicsTerms
 from physlink_gym.agents.dreamerv3.rssm import RSSM
 
 __all__ = ["LOSS_KEYS", "DreamerV3Learner", "tune_allocator"]
@@ -87,6 +88,9 @@ class DreamerV3Learner(nn.Module):
             cfg.retnorm_rate, cfg.retnorm_low, cfg.retnorm_high, cfg.retnorm_limit
         )
         self.register_buffer("bins", twohot_bins(bins), persistent=False)
+        # Soft invariants trained against when config.physics_weight > 0 (physics.py); bound
+        # to the env by DreamerV3 at learn()/fit(), not part of the state dict.
+        self.physics: PhysicsTerms | None = None
         self.to(device)
         self.optimizer = LaProp(
             self.trainable_parameters(),

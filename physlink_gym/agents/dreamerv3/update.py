@@ -47,6 +47,7 @@ from physlink_gym.agents.dreamerv3.distributions import (
 from physlink_gym.agents.dreamerv3.networks import Actor, MLPHead
 from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
 from physlink_gym.agents.dreamerv3.optim import LaProp
+from physlink_gym.agents.dreamerv3.physics import one_step_physics_loss
 from physlink_gym.agents.dreamerv3.rssm import RSSM, Posterior
 from physlink_gym.errors import ValidationError
 
@@ -161,7 +162,7 @@ def train_step(m: Nets, data: dict[str, Tensor], noise: Noise, lr: Tensor) -> Me
     scales = {
         "dyn": cfg.scale_dyn, "rep": cfg.scale_rep, "dec": cfg.scale_dec,
         "rew": cfg.scale_rew, "con": cfg.scale_con, "policy": cfg.scale_policy,
-        "value": cfg.scale_value, "repval": cfg.scale_repval,
+        "value": cfg.scale_value, "repval": cfg.scale_repval, "physics": cfg.physics_weight,
     }  # fmt: skip
     total = sum((scales[k] * v for k, v in losses.items()), torch.zeros((), device=lr.device))
     params = m.optimizer.param_groups[0]["params"]
@@ -239,6 +240,9 @@ def world_model_loss(
         "con": bernoulli_nll(m.cont_head(feat).squeeze(-1), con_target),
     }
     losses = {k: masked_mean(v, valid) for k, v in per_step.items()}
+    physics_metric = None
+    if cfg.physics_weight > 0 and getattr(m, "physics", None) is not None:  # opt-in
+        losses["physics"], physics_metric = one_step_physics_loss(m, data, post.deter, prior)
     with torch.no_grad():  # logits are normalised log-probs: no log_softmax needed here
         post_p = post.logits.exp()
         metrics = {
@@ -247,6 +251,8 @@ def world_model_loss(
             "model/prior_entropy": masked_mean(-(prior.exp() * prior).sum((-2, -1)), valid),
             "model/valid_frac": valid.mean(),
         }
+        if physics_metric is not None:
+            metrics["model/physics_excess"] = physics_metric
     return losses, metrics, post, feat
 
 
