@@ -313,7 +313,7 @@ class DreamerV3(BaseAlgorithm):
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, False
         )
-        if progress_bar:
+        if progress_bar and not distributed.rank():  # one bar in a data-parallel run
             callback = CallbackList([callback, ProgressBar()])
             callback.init_callback(self)
         if env_resets:  # the env was reset: the replay stream and recurrent state start anew
