@@ -561,29 +561,20 @@ class DreamerV3(BaseAlgorithm):
             ConfigurationError: with no invariants to use, or a soft one that is not
                 differentiable.
         """
+        from physlink_gym.agents.dreamerv3.imagination import env_invariants, parameter_env
         from physlink_gym.agents.dreamerv3.physics import physics_terms
 
         venv = self.get_env()
-        if invariants is None and venv is not None:
-            try:
-                invariants = venv.get_attr("invariants", [0])[0]
-            except AttributeError:
-                invariants = None
+        if invariants is None:
+            invariants = env_invariants(venv)
         if invariants is None:
             raise ConfigurationError(
                 got="physics_weight > 0 and no invariants (no env wrapped in InvariantWrapper)",
                 expected="the soft invariants to train the world model against",
                 fix="call model.set_physics_invariants([invariants.pendulum_energy()], env=env) "
                 "before fit(), or wrap the training env in InvariantWrapper")
-        if env is None and venv is not None:
-            envs = getattr(venv, "envs", None)
-            if envs:
-                env = envs[0]
-            else:
-                import gymnasium as gym
-
-                spec = venv.get_attr("spec", [0])[0]
-                env = gym.make(spec) if spec is not None else None
+        if env is None:
+            env = parameter_env(venv)
         self.policy.learner.physics = physics_terms(invariants, env, self.action_space)
 
     # -- training on collected data -------------------------------------------------------------

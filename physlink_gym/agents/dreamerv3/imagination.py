@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
@@ -54,6 +55,34 @@ def split_transition_only(invariants: Sequence[Any]) -> tuple[list[Invariant], d
                 f"{inv.name} reads the simulator (or does not declare transition_only=True), "
                 "so it cannot score imagined transitions")
     return usable, skipped
+
+
+def env_invariants(venv: Any) -> list[Any] | None:
+    """The invariants of the ``InvariantWrapper`` around ``venv``'s first sub-env, or None."""
+    if venv is None:
+        return None
+    try:
+        found = venv.get_attr("invariants", [0])[0]
+    except AttributeError:
+        return None
+    return None if found is None else list(found)
+
+
+def parameter_env(venv: Any) -> Any:
+    """An env to bind checks like ``pendulum_energy`` to (their parameters), or None.
+
+    ``venv``'s first sub-env when it lives in this process, else one made from its spec.
+    """
+    if venv is None:
+        return None
+    envs = getattr(venv, "envs", None)
+    if envs:
+        return envs[0]
+    try:
+        spec = venv.get_attr("spec", [0])[0]
+    except AttributeError:
+        return None
+    return gym.make(spec) if spec is not None else None
 
 
 def _as_trajectories(model: DreamerV3, obs: np.ndarray, actions: np.ndarray,
@@ -221,21 +250,15 @@ class ImaginationCallback(BaseCallback):
         self._env: Any = None
 
     def _on_training_start(self) -> None:
-        invariants = self.invariants
         venv = self.model.get_env()
-        if invariants is None and venv is not None:
-            try:
-                invariants = venv.get_attr("invariants", [0])[0]
-            except AttributeError:
-                invariants = None
+        invariants = self.invariants if self.invariants is not None else env_invariants(venv)
         if invariants is None:
             raise ConfigurationError(
                 got="ImaginationCallback without invariants, on an env without InvariantWrapper",
                 expected="invariants=[...] or a training env wrapped in InvariantWrapper",
                 fix="pass ImaginationCallback(invariants=[invariants.finite(), ...])")
         self._usable, _ = split_transition_only(invariants)
-        envs = getattr(venv, "envs", None)
-        self._env = envs[0] if envs else None  # parameters for checks like pendulum_energy
+        self._env = parameter_env(venv)  # parameters for checks like pendulum_energy
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last < self.every_n_steps:
