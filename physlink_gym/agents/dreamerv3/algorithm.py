@@ -243,7 +243,8 @@ class DreamerV3(BaseAlgorithm):
             raise ConfigurationError(
                 got=f"set_env with {n} env(s)", expected=f"{self.n_envs}, as the model was built",
                 fix=f"pass a VecEnv of {self.n_envs} env(s); to go on with {n} envs, save the "
-                f"model and DreamerV3.load(path, env=...) with the new env (SB3's rule)",
+                f"model and DreamerV3.load(path, env=...) with the new env (SB3's rule), or "
+                f"build it with from_spaces(..., n_envs={n})",
             )
         super().set_env(env, force_reset=force_reset)
         self._policy_state = None
