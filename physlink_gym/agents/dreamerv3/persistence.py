@@ -331,8 +331,12 @@ def load_model(
                         [(s.shape[1],) for s in policy.initial_state(1)])
     _restore_resume(model, resume, stream=env is not None and not force_reset)
     if rank:  # rank 0's random state was restored: draw this rank's own noise from here on
-        torch.manual_seed(int(model.seed if model.seed is not None else torch.seed()) + rank)
-        np.random.seed((int(model.seed or 0) + rank) % 2**32)
+        if model.seed is not None:  # already seed + rank
+            torch.manual_seed(int(model.seed))
+            np.random.seed(int(model.seed) % 2**32)
+        else:
+            torch.seed()
+            np.random.seed()
     return model
 
 
