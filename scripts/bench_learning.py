@@ -102,31 +102,44 @@ def lowest_after(curve: list, target: float) -> float | None:
     return None if reached is None else min(p[1] for p in curve if p[0] >= reached[0])
 
 
-def write_report(results: list[dict], opts: dict, out: Path) -> None:
-    """Markdown table + plot of the curves."""
+def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
+                path: Path) -> None:
+    """Evaluation return against env steps, one line per run (colour: algo, style: seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {"DreamerV3": "tab:blue", "SAC": "tab:orange", "PPO": "tab:green"}
-    target, env_id = opts["target"], opts["env"]
+    styles = ["-", "--", ":", "-."]
+    seeds = sorted({r["seed"] for r in results})
     for r in results:
         steps = [p[0] for p in r["curve"]]
         means = [p[1] for p in r["curve"]]
-        ax.plot(steps, means, color=colors[r["algo"]], alpha=0.8,
+        ax.plot(steps, means, color=colors[r["algo"]], alpha=0.8, marker="o", ms=3,
+                ls=styles[seeds.index(r["seed"]) % len(styles)],
                 label=f"{r['algo']} seed {r['seed']}")
     ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.0f}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (10 deterministic episodes)")
     others = " vs ".join(sorted({r["algo"] for r in results} - {"DreamerV3"}))
-    ax.set_title(f"{env_id}: DreamerV3 ({opts['preset']})" + (f" vs SB3 {others}" if others
-                                                              else ""))
+    algos = {r["algo"] for r in results}
+    title = f"DreamerV3 ({preset})" if "DreamerV3" in algos else ""
+    if others:
+        title += (" vs " if title else "") + f"SB3 {others}"
+    ax.set_title(f"{env_id}: {title}")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: list[dict], opts: dict, out: Path) -> None:
+    """Markdown table + plot of the curves."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    target, env_id = opts["target"], opts["env"]
+    plot_curves(results, target, env_id, opts["preset"], out.with_suffix(".png"))
     lines = [
         f"# Learning: {env_id}", "",
         "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"

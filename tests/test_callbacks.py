@@ -95,6 +95,22 @@ def test_eval_callback_stops_on_no_model_improvement():
     assert model.num_timesteps == 8  # the second evaluation brings no improvement
 
 
+def test_eval_callback_keeps_the_best_policy(tmp_path):
+    # The way to keep the best policy of a run whose return moves up and down (balance tasks):
+    # SB3's EvalCallback saves it, and it loads as a DreamerV3 with the weights of that moment.
+    callback = EvalCallback(gym.make("Pendulum-v1", max_episode_steps=20), eval_freq=8,
+                            n_eval_episodes=1, best_model_save_path=str(tmp_path),
+                            log_path=str(tmp_path), verbose=0)
+    model = make_model(short_pendulum(20), learning_starts=8, train_ratio=256)
+    model.learn(40, callback=callback)
+    means = np.asarray(callback.evaluations_results).mean(axis=1)
+    assert len(means) == 5 and model._n_updates > 0
+    best = DreamerV3.load(tmp_path / "best_model.zip")
+    assert best.num_timesteps == callback.evaluations_timesteps[int(np.argmax(means))]
+    action, _ = best.predict(np.zeros(3, dtype=np.float32), deterministic=True)
+    assert action.shape == (1,)
+
+
 def test_eval_callback_syncs_vec_normalize_statistics():
     train = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=0))
     evaluation = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=1), training=False)
