@@ -95,7 +95,10 @@ def main() -> None:
     ]
     lines += [f"| {s} | {n:.0f} | {mx:.2f} | {fx:.2f} | {rail} of {args.episodes} |"
               for s, n, mx, fx, rail in watch.rows]
-    args.out.write_text("\n".join(lines) + "\n")
+    marker = "## Notes added by hand"  # kept when the measured part above is rewritten
+    old = args.out.read_text() if args.out.exists() else ""
+    notes = old[old.index(marker):] if marker in old else ""
+    args.out.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
     print("\n".join(lines))
 
 
