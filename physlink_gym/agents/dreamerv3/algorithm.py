@@ -128,10 +128,8 @@ class DreamerV3(BaseAlgorithm):
         config = make_config(preset, **self.config_overrides)  # validates early
         # Under torchrun: join the process group; each rank its own seed, rank 0 alone logs.
         device = distributed.setup(device)
-        self.rank = distributed.rank()
-        if self.rank:
-            seed = None if seed is None else seed + self.rank
-            tensorboard_log, verbose = None, 0
+        self.rank, seed, tensorboard_log, verbose = distributed.per_rank(
+            seed, tensorboard_log, verbose)
         super().__init__(
             policy, env, learning_rate=schedule or config.lr, policy_kwargs=policy_kwargs,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -321,8 +319,7 @@ class DreamerV3(BaseAlgorithm):
             self._policy_state = None
             self._entries = None
         add_invariant_layout(self.logger)
-        if self.config.physics_weight > 0 and self.policy.learner.physics is None:
-            self.set_physics_invariants()  # the training env's soft invariants
+        self._bind_physics()
         self._warn_if_no_update(total_timesteps)
         callback.on_training_start(locals(), globals())
         assert self.env is not None
@@ -578,6 +575,11 @@ class DreamerV3(BaseAlgorithm):
             env = parameter_env(venv)
         self.policy.learner.physics = physics_terms(invariants, env, self.action_space)
 
+    def _bind_physics(self) -> None:
+        """With ``physics_weight > 0`` and nothing bound yet: the training env's invariants."""
+        if self.config.physics_weight > 0 and self.policy.learner.physics is None:
+            self.set_physics_invariants()
+
     # -- training on collected data -------------------------------------------------------------
     def fit(
         self: SelfDreamerV3,
@@ -597,8 +599,7 @@ class DreamerV3(BaseAlgorithm):
         updates, with an optional progress bar. :meth:`learn` can continue online afterwards.
         See :mod:`~physlink_gym.agents.dreamerv3.offline`.
         """
-        if self.config.physics_weight > 0 and self.policy.learner.physics is None:
-            self.set_physics_invariants()
+        self._bind_physics()
         offline.fit(
             self, trajectories, gradient_steps, batch_size=batch_size,
             sequence_length=sequence_length, progress_bar=progress_bar,

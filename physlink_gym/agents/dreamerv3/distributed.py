@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_average", "broadcast_module", "rank", "setup", "world_size"]
+__all__ = ["all_average", "broadcast_module", "per_rank", "rank", "setup", "world_size"]
 
 
 def active() -> bool:
@@ -41,6 +41,19 @@ def rank() -> int:
 def world_size() -> int:
     """Number of ranks (1 without a process group)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def per_rank(seed: int | None, tensorboard_log: str | None,
+             verbose: int) -> tuple[int, int | None, str | None, int]:
+    """``(rank, seed, tensorboard_log, verbose)`` for this process.
+
+    Rank 0 keeps its settings; every other rank gets its own seed (``seed + rank``, so its envs
+    and replay draws differ) and neither logs nor prints.
+    """
+    r = rank()
+    if not r:
+        return r, seed, tensorboard_log, verbose
+    return r, None if seed is None else seed + r, None, 0
 
 
 def setup(device: torch.device | str = "auto") -> torch.device | str:

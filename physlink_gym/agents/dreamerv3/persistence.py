@@ -317,10 +317,10 @@ def load_model(
                 policy_kwargs=data["config_overrides"], _init_setup_model=False)
     model.__dict__.update(data)
     model.__dict__.update(kwargs)
-    rank = distributed.rank()
-    if rank:  # data-parallel: this rank's own seed (envs, replay draws), rank 0 alone logs
-        model.rank, model.tensorboard_log, model.verbose = rank, None, 0
-        model.seed = None if model.seed is None else model.seed + rank
+    # data-parallel: this rank's own seed (envs, replay draws), rank 0 alone logs
+    rank, model.seed, model.tensorboard_log, model.verbose = distributed.per_rank(
+        model.seed, model.tensorboard_log, model.verbose)
+    model.rank = rank
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from physlink_gym.agents.dreamerv3.distributions import symexp
 from physlink_gym.errors import ConfigurationError
 
 __all__ = ["PhysicsTerms", "physics_terms"]
@@ -110,8 +111,6 @@ def one_step_physics_loss(m: Any, data: dict[str, Tensor], deter: Tensor,
     ``deter [B, T, D]`` are the posterior's deterministic states, ``prior [B, T, L, C]`` the
     prior's log-probabilities at each step.
     """
-    from physlink_gym.agents.dreamerv3.distributions import symexp
-
     physics: PhysicsTerms = m.physics
     feat = torch.cat([deter, prior.exp().flatten(-2)], -1)
     predicted = symexp(m.decoder(feat[:, 1:]).float())  # ô_t for t >= 1
