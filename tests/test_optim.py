@@ -163,3 +163,33 @@ def test_zero_gradient_skipped_params_and_bad_arguments() -> None:
     for kwargs in ({"lr": -1.0}, {"betas": (0.9, 1.0)}, {"agc": -0.1}, {"warmup": -1}):
         with pytest.raises(ConfigurationError):
             LaProp([a], **kwargs)
+
+
+def test_apply_with_given_norms_matches_and_skips_cleanly() -> None:
+    # train_step hands apply() the per-gradient norms it computed for its finiteness check;
+    # the update must equal the one that computes them itself, and a skipped (non-finite)
+    # update must report 0 and leave parameters and moments untouched.
+    model, twin = _model(), _model()
+    opt = LaProp(model.parameters(), lr=1e-2, warmup=0)
+    opt_twin = LaProp(twin.parameters(), lr=1e-2, warmup=0)
+    for seed in range(3):
+        grads = _grads(model, seed)
+        norms = torch.stack(torch._foreach_norm(grads))
+        yes = torch.tensor(True)
+        got = opt.apply(grads, finite=yes, norms=norms)
+        want = opt_twin.apply([g.clone() for g in grads], finite=yes)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = [t.clone() for s in opt.state.values() for t in s.values()]
+    bad = _grads(model, 9)
+    bad[0][0, 0] = float("nan")
+    norms = torch.stack(torch._foreach_norm(bad))
+    assert not torch.isfinite(norms).all()
+    got = opt.apply(bad, finite=torch.isfinite(norms).all(), norms=norms)
+    assert got.item() == 0.0
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    for a, b in zip((t for s in opt.state.values() for t in s.values()), moments, strict=True):
+        assert torch.equal(a, b)

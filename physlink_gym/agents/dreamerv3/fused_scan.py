@@ -125,9 +125,13 @@ class _PosteriorScan(torch.autograd.Function):
             out = step(w, spec, h, z, keep_t, ae_t, ep_t, noise_t)
             h, z = out[0], out[1]
             outs.append(out)
-        deters, stochs, logps, *saved = (torch.stack(x) for x in zip(*outs, strict=True))
+        deters, stochs, logps = (torch.stack([out[i] for out in outs]) for i in range(3))
         ctx.spec = spec
-        ctx.save_for_backward(keep, deters, *weights, *saved)
+        # The backward loop reads each step's activations as the step returned them: kept per
+        # step on ctx (intermediates without autograd history), not stacked here and sliced
+        # there, which would cost one view op per activation and step (#10: op events).
+        ctx.acts = [out[3:] for out in outs]
+        ctx.save_for_backward(keep, deters, *weights)
         return deters, stochs, logps
 
     @staticmethod
@@ -135,9 +139,8 @@ class _PosteriorScan(torch.autograd.Function):
         ctx: Any, d_deters: Tensor | None, d_stochs: Tensor | None, d_logps: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         spec: ScanSpec = ctx.spec
-        keep, deters, *rest = ctx.saved_tensors
-        n_w = len(_Weights._fields)
-        w, saved = _Weights(*rest[:n_w]), rest[n_w:]
+        keep, deters, *weights = ctx.saved_tensors
+        w, acts_per_step = _Weights(*weights), ctx.acts
         t_len, n, d = deters.shape
         lat, cls = spec.latents, spec.classes
         step = _step_fns(spec)[1]
@@ -148,7 +151,7 @@ class _PosteriorScan(torch.autograd.Function):
         per_step: list[tuple[Tensor, ...]] = []
         for t in range(t_len - 1, -1, -1):
             dh, dz, *grads = step(
-                w, spec, [x[t] for x in saved], keep[t], d_deters[t] + dh, d_stochs[t] + dz,
+                w, spec, acts_per_step[t], keep[t], d_deters[t] + dh, d_stochs[t] + dz,
                 d_logps[t],
             )
             per_step.append(tuple(grads))
@@ -156,7 +159,10 @@ class _PosteriorScan(torch.autograd.Function):
         stacked = _StepGrads(*(torch.stack(x) for x in zip(*per_step, strict=True)))
         names = ("hk", "zk", "x", "xhat1", "r1", "xhat2", "r2", "yhat", "ry", "y", "reset",
                  "cand", "c", "u", "qhat", "rq", "qn", "soft")  # fmt: skip
-        acts = dict(zip(names, saved, strict=True))
+        acts = {  # stacked over time: only those the weight gradients read
+            name: torch.stack([step_acts[i] for step_acts in acts_per_step])
+            for i, name in enumerate(names) if name in _WEIGHT_GRAD_INPUTS
+        }
         weight_grads = _weight_grads(acts, stacked, deters, spec)
         hid = w.w1.shape[0]
         return (None, None, stacked.x[..., 2 * hid :], stacked.q, None, dh, dz, *weight_grads)
@@ -266,6 +272,9 @@ def _step_fns(spec: ScanSpec) -> tuple[Any, Any]:
     """The forward and backward step functions, compiled when ``spec.compiled``."""
     return (maybe_compiled(_forward_step, spec.compiled),
             maybe_compiled(_backward_step, spec.compiled))
+
+
+_WEIGHT_GRAD_INPUTS = frozenset(("hk", "zk", "x", "xhat1", "xhat2", "yhat", "y", "qhat", "qn"))
 
 
 def _weight_grads(

@@ -165,7 +165,8 @@ class LaProp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def apply(
-        self, grads: list[Tensor], lr: Tensor | float | None = None, finite: Tensor | None = None
+        self, grads: list[Tensor], lr: Tensor | float | None = None, finite: Tensor | None = None,
+        norms: Tensor | None = None,
     ) -> Tensor:
         """Update the parameters of group 0 with ``grads`` (one per parameter, in order).
 
@@ -178,6 +179,8 @@ class LaProp(torch.optim.Optimizer):
             grads: Gradients of ``param_groups[0]["params"]``.
             lr: Learning rate after warm-up; ``None`` uses the group's.
             finite: Apply the update only where this is True.
+            norms: The L2 norm of each gradient (``torch.stack(torch._foreach_norm(grads))``)
+                when the caller has it already; computed here when None.
 
         Returns:
             The global L2 norm of the raw gradients (0-d tensor), also in
@@ -193,7 +196,11 @@ class LaProp(torch.optim.Optimizer):
         if finite is not None:
             zero = torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)
             grads = [torch.where(finite, g, zero) for g in grads]
-        sq_norm = self._update(group, params, grads, group["lr"] if lr is None else lr, finite)
+            if norms is not None:  # the norms of the zeroed gradients, as computed below
+                norms = torch.where(finite, norms, zero)
+        sq_norm = self._update(
+            group, params, grads, group["lr"] if lr is None else lr, finite, norms
+        )
         self.last_grad_norm = sq_norm.sqrt()
         return self.last_grad_norm
 
@@ -214,7 +221,7 @@ class LaProp(torch.optim.Optimizer):
 
     def _update(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-        lr: Tensor | float, finite: Tensor | None,
+        lr: Tensor | float, finite: Tensor | None, norms: Tensor | None = None,
     ) -> Tensor:
         """Update one group in place; return its squared global gradient norm before clipping."""
         beta1, beta2 = group["betas"]
@@ -223,7 +230,7 @@ class LaProp(torch.optim.Optimizer):
             count = group["step"] = _counter(int(count), params)
         moments = [self._moments(p) for p in params]
         mus, nus = [m for m, _ in moments], [v for _, v in moments]
-        gnorms = torch.stack(torch._foreach_norm(grads))
+        gnorms = torch.stack(torch._foreach_norm(grads)) if norms is None else norms
         if group["agc"]:
             pnorms = torch.stack(torch._foreach_norm(params))
             upper = group["agc"] * torch.clamp(pnorms, min=group["agc_pmin"])

@@ -173,10 +173,10 @@ def train_step(m: Nets, data: dict[str, Tensor], noise: Noise, lr: Tensor) -> Me
     else:
         check = total
     with torch.no_grad():
-        squares = torch.stack([torch.square(g).sum() for g in grads]).sum()
-        finite = torch.isfinite(check) & torch.isfinite(squares)
+        norms = torch.stack(torch._foreach_norm(grads))  # per parameter, read once
+        finite = torch.isfinite(check) & torch.isfinite(norms).all()
         applied = m.optimizer.applied_lr(lr)
-        metrics["grad_norm"] = m.optimizer.apply(grads, lr=lr, finite=finite)
+        metrics["grad_norm"] = m.optimizer.apply(grads, lr=lr, finite=finite, norms=norms)
         m.retnorm.commit(retnorm, finite)
         # Slow critic (reference `SlowModel`, rate 0.02 every update): towards the new critic.
         count = m.optimizer.param_groups[0]["step"]
