@@ -12,7 +12,7 @@ same steps; an error near the spread means the model state hardly encodes the po
 Results go to ``docs/benchmarks/balance_drift.md`` (``--out`` for another file).
 
     python scripts/balance_drift.py --seed 1 --steps 3000
-    python scripts/balance_drift.py --seed 1 --steps 3000 --train-ratio 512 \
+    python scripts/balance_drift.py --seed 1 --steps 2500 --train-ratio 512 \
         --out docs/benchmarks/balance_drift_tr512.md
 """
 
