@@ -103,7 +103,7 @@ def lowest_after(curve: list, target: float) -> float | None:
 
 
 def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
-                path: Path) -> None:
+                path: Path, train_ratio: float | None = None) -> None:
     """Evaluation return against env steps, one line per run (colour: algo, style: seed)."""
     import matplotlib
 
@@ -125,7 +125,8 @@ def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
     ax.set_ylabel("eval return (10 deterministic episodes)")
     others = " vs ".join(sorted({r["algo"] for r in results} - {"DreamerV3"}))
     algos = {r["algo"] for r in results}
-    title = f"DreamerV3 ({preset})" if "DreamerV3" in algos else ""
+    setting = preset + (f", train_ratio {train_ratio:g}" if train_ratio else "")
+    title = f"DreamerV3 ({setting})" if "DreamerV3" in algos else ""
     if others:
         title += (" vs " if title else "") + f"SB3 {others}"
     ax.set_title(f"{env_id}: {title}")
@@ -139,7 +140,8 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
     """Markdown table + plot of the curves."""
     out.parent.mkdir(parents=True, exist_ok=True)
     target, env_id = opts["target"], opts["env"]
-    plot_curves(results, target, env_id, opts["preset"], out.with_suffix(".png"))
+    plot_curves(results, target, env_id, opts["preset"], out.with_suffix(".png"),
+                opts["train_ratio"])
     lines = [
         f"# Learning: {env_id}", "",
         "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"

@@ -157,11 +157,9 @@ class _PosteriorScan(torch.autograd.Function):
             per_step.append(tuple(grads))
         per_step.reverse()
         stacked = _StepGrads(*(torch.stack(x) for x in zip(*per_step, strict=True)))
-        names = ("hk", "zk", "x", "xhat1", "r1", "xhat2", "r2", "yhat", "ry", "y", "reset",
-                 "cand", "c", "u", "qhat", "rq", "qn", "soft")  # fmt: skip
         acts = {  # stacked over time: only those the weight gradients read
             name: torch.stack([step_acts[i] for step_acts in acts_per_step])
-            for i, name in enumerate(names) if name in _WEIGHT_GRAD_INPUTS
+            for i, name in _WEIGHT_GRAD_INPUTS
         }
         weight_grads = _weight_grads(acts, stacked, deters, spec)
         hid = w.w1.shape[0]
@@ -274,7 +272,12 @@ def _step_fns(spec: ScanSpec) -> tuple[Any, Any]:
             maybe_compiled(_backward_step, spec.compiled))
 
 
-_WEIGHT_GRAD_INPUTS = frozenset(("hk", "zk", "x", "xhat1", "xhat2", "yhat", "y", "qhat", "qn"))
+# The activations :func:`_forward_step` returns after ``(h, z, logp)``, in order, and the
+# (index, name) pairs of those :func:`_weight_grads` reads.
+_ACT_NAMES = ("hk", "zk", "x", "xhat1", "r1", "xhat2", "r2", "yhat", "ry", "y", "reset", "cand",
+              "c", "u", "qhat", "rq", "qn", "soft")  # fmt: skip
+_WEIGHT_GRAD_INPUTS = [(i, name) for i, name in enumerate(_ACT_NAMES)
+                       if name in ("hk", "zk", "x", "xhat1", "xhat2", "yhat", "y", "qhat", "qn")]
 
 
 def _weight_grads(

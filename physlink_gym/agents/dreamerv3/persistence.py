@@ -318,9 +318,8 @@ def load_model(
     model.__dict__.update(data)
     model.__dict__.update(kwargs)
     # data-parallel: this rank's own seed (envs, replay draws), rank 0 alone logs
-    rank, model.seed, model.tensorboard_log, model.verbose = distributed.per_rank(
+    model.rank, model.seed, model.tensorboard_log, model.verbose = distributed.per_rank(
         model.seed, model.tensorboard_log, model.verbose)
-    model.rank = rank
     model.observation_space = obs_space
     model.action_space = act_space
     model._setup_model()
@@ -330,7 +329,7 @@ def load_model(
     checks.check_resume(path, resume, policy.obs_dim,
                         [(s.shape[1],) for s in policy.initial_state(1)])
     _restore_resume(model, resume, stream=env is not None and not force_reset)
-    if rank:  # rank 0's random state was restored: draw this rank's own noise from here on
+    if model.rank:  # rank 0's random state was restored: draw this rank's own noise from here on
         if model.seed is not None:  # already seed + rank
             torch.manual_seed(int(model.seed))
             np.random.seed(int(model.seed) % 2**32)
