@@ -316,7 +316,7 @@ def batch_invariant(name: str, fn: Callable[[dict[str, Any]], Any], tolerance: f
     training signal for DreamerV3's world model (config ``physics_weight``).
 
     Example:
-        >>> inv = batch_invariant("speed", lambda b: np.abs(b["next_obs"][:, 2]), tolerance=8.0)
+        >>> inv = batch_invariant("speed", lambda b: np.abs(b["next_obs"])[:, 2], tolerance=8.0)
         >>> check = inv.bind(None)
         >>> check.batch({"next_obs": np.array([[0, 0, 1.0], [0, 0, -9.0]])}).tolist()
         [1.0, 9.0]

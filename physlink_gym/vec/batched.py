@@ -22,7 +22,8 @@ Example:
     ...                                [invariants.finite(), invariants.obs_bounds()])
     >>> obs, info = venv.reset(seed=0)
     >>> obs, reward, terminated, truncated, info = venv.step(venv.action_space.sample())
-    >>> info["physlink"]["valid"].tolist(), info["_physlink"].tolist()
+    >>> record = info["physlink"]
+    >>> record["valid"].tolist(), info["_physlink"].tolist()
     ([True, True, True, True], [True, True, True, True])
     >>> venv.compliance_report().steps
     4

@@ -39,8 +39,9 @@ class PhysicsTerms:
 
     Args:
         checks: ``(name, torch_residual, tolerance)`` triples.
-        low, high: Bounds of a Box action space (learner actions in [-1, 1] are mapped to env
+        low: Lower bounds of a Box action space (learner actions in [-1, 1] are mapped to env
             units before the residuals); None for Discrete (the index is passed).
+        high: Upper bounds of the same Box action space; None for Discrete.
     """
 
     def __init__(self, checks: Sequence[tuple[str, Callable[[dict[str, Tensor]], Tensor], float]],
