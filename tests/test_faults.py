@@ -158,14 +158,17 @@ def _retensor(src: Path, dst: Path, change: Any) -> Path:
 
 
 def _first_weight(tensors: dict[str, torch.Tensor]) -> str:
-    return next(k for k in tensors if k.startswith("policy/") and k.endswith("weight"))
+    # Sorted: safetensors does not keep the order of its keys from one process to the next.
+    return min(k for k in tensors if k.startswith("policy/") and k.endswith("weight"))
 
 
 TENSOR_FAULTS = {
     "nan_weight": lambda t: t[_first_weight(t)].view(-1).__setitem__(0, float("nan")),
     "inf_moment": lambda t: t[next(k for k in t if k.endswith("exp_avg_sq"))].fill_(float("inf")),
     "int_weight": lambda t: t.__setitem__(_first_weight(t), t[_first_weight(t)].to(torch.int32)),
-    "wrong_shape": lambda t: t.__setitem__(_first_weight(t), t[_first_weight(t)][:1].clone()),
+    # One row more: a slice such as [:1] leaves a weight of one row (a scalar head) unchanged.
+    "wrong_shape": lambda t: t.__setitem__(_first_weight(t), torch.cat(
+        [t[_first_weight(t)], t[_first_weight(t)][:1]])),
     "rng_size": lambda t: t.__setitem__("__resume__/torch_rng", torch.zeros(7, dtype=torch.uint8)),
     "rng_dtype": lambda t: t.__setitem__("__resume__/torch_rng",
                                          t["__resume__/torch_rng"].float()),
