@@ -1,4 +1,4 @@
-"""Why DreamerV3 `small` does not stay up on InvertedPendulum-v5: where the cart is.
+"""Why DreamerV3 `small` at train_ratio 128 does not stay up on InvertedPendulum-v5: the cart.
 
 Trains DreamerV3 (preset ``small``) on InvertedPendulum-v5 and, every ``--eval-every`` env
 steps, runs deterministic episodes and records, besides their length, where the cart goes:
@@ -11,7 +11,7 @@ the policy's own model state at each step) next to the spread of the true positi
 same steps; an error near the spread means the model state hardly encodes the position.
 Results go to ``docs/benchmarks/balance_drift.md`` (``--out`` for another file).
 
-    python scripts/balance_drift.py --seed 1 --steps 3000
+    python scripts/balance_drift.py --seed 1 --steps 3000 --train-ratio 128
     python scripts/balance_drift.py --seed 1 --steps 2500 --train-ratio 512 \
         --out docs/benchmarks/balance_drift_tr512.md
 """

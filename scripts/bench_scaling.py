@@ -69,7 +69,7 @@ def learner_seconds(env_id: str, updates: int) -> dict[str, float]:
         venv = DummyVecEnv([make_factory(env_id)])
         if name == "DreamerV3":
             model: Any = DreamerV3("MlpPolicy", venv, preset="small", learning_starts=64,
-                                   seed=0)
+                                   train_ratio=128, seed=0)
             # train_ratio 128 with batch 16 x 32: one update per 4 env steps
             steps = 64 + updates * 4
         else:

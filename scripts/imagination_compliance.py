@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-ratio", type=float, default=128.0,
+                        help="default: 128, the setting docs/benchmarks/imagination.md was "
+                        "measured with")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/benchmarks/imagination")
     args = parser.parse_args()
@@ -92,7 +95,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     env = InvariantWrapper(gym.make("Pendulum-v1"), _checks())
     held_out = record_trajectories(gym.make("Pendulum-v1"), n_episodes=3, seed=1000)
-    model = DreamerV3("MlpPolicy", env, preset=args.preset, seed=args.seed, learning_starts=512)
+    model = DreamerV3("MlpPolicy", env, preset=args.preset, seed=args.seed, learning_starts=512,
+                      train_ratio=args.train_ratio)
     imagination = ImaginationCallback(every_n_steps=args.every)
     early = 2 * args.every
     frames = {early: out.parent / f"{out.name}_early.png",

@@ -28,7 +28,7 @@ def test_small_preset_is_1m_with_half_the_state_and_short_budget_settings() -> N
     small, ref = make_config("small"), make_config("1m")
     assert (small.deter, small.hidden, small.classes, small.units) == (256, 64, 4, 64)
     assert (small.batch_size, small.batch_length) == (16, 32)
-    assert (small.lr, small.warmup, small.train_ratio) == (5e-4, 100, 128.0)
+    assert (small.lr, small.warmup, small.train_ratio) == (5e-4, 100, 512.0)
     same = {f.name for f in dataclasses.fields(ref)} - {
         "deter", "batch_length", "train_ratio", "lr", "warmup", "preset"}
     assert all(getattr(small, k) == getattr(ref, k) for k in same)
