@@ -11,7 +11,7 @@ the policy's own model state at each step) next to the spread of the true positi
 same steps; an error near the spread means the model state hardly encodes the position.
 Results go to ``docs/benchmarks/balance_drift.md`` (``--out`` for another file).
 
-    python scripts/balance_drift.py --seed 1 --steps 3000 --train-ratio 128
+    python scripts/balance_drift.py --seed 1 --steps 3000
     python scripts/balance_drift.py --seed 1 --steps 2500 --train-ratio 512 \
         --out docs/benchmarks/balance_drift_tr512.md
 """
@@ -92,7 +92,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--episodes", type=int, default=5)
-    p.add_argument("--train-ratio", type=float, default=None, help="default: the preset's")
+    p.add_argument("--train-ratio", type=float, default=128.0,
+                   help="default: 128, the setting of the default --out")
     p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/balance_drift.md")
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -276,8 +276,9 @@ def _step_fns(spec: ScanSpec) -> tuple[Any, Any]:
 # (index, name) pairs of those :func:`_weight_grads` reads.
 _ACT_NAMES = ("hk", "zk", "x", "xhat1", "r1", "xhat2", "r2", "yhat", "ry", "y", "reset", "cand",
               "c", "u", "qhat", "rq", "qn", "soft")  # fmt: skip
-_WEIGHT_GRAD_INPUTS = [(i, name) for i, name in enumerate(_ACT_NAMES)
-                       if name in ("hk", "zk", "x", "xhat1", "xhat2", "yhat", "y", "qhat", "qn")]
+_WEIGHT_GRAD_INPUTS = tuple(
+    (i, name) for i, name in enumerate(_ACT_NAMES)
+    if name in ("hk", "zk", "x", "xhat1", "xhat2", "yhat", "y", "qhat", "qn"))
 
 
 def _weight_grads(
