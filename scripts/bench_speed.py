@@ -13,6 +13,7 @@ versions so that load drifts hit both. Results go between the markers of
 Usage:
     python scripts/bench_speed.py --threads 2                 # debug, 1m, 12m: baseline vs now
     python scripts/bench_speed.py --presets 1m --versions new --compile on off
+    python scripts/bench_speed.py --presets small --length 32 --interleave --updates 15
 """
 
 from __future__ import annotations
@@ -79,6 +80,44 @@ def measure(preset: str, compile_: bool, args: argparse.Namespace) -> dict[str, 
         "cpu": statistics.median(cpu), "events": len(prof.events()),
         "policy": statistics.median(policy[10:]),
     }
+
+
+def measure_pair(preset: str, args: argparse.Namespace) -> dict[str, float]:
+    """Eager and compiled learners of one preset in one process, alternating update by update.
+
+    Drift of a shared machine then hits both alike; returns the medians of each.
+    """
+    import torch
+
+    from physlink_gym.agents.dreamerv3.config import make_config
+    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
+
+    torch.set_num_threads(args.threads)
+    learners = {}
+    for comp in (False, True):
+        torch.manual_seed(0)
+        learners[comp] = DreamerV3Learner(make_config(preset, compile=comp), OBS, ACT,
+                                          discrete=False)
+    batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
+    result: dict[str, float] = {}
+    for comp, learner in learners.items():
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            float(learner.train_step(batch)["loss/total"])
+        result[f"warmup_{int(comp)}"] = time.perf_counter() - start
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.updates):
+        for comp, learner in learners.items():
+            w, c = time.perf_counter(), time.process_time()
+            float(learner.train_step(batch)["loss/total"])
+            wall[comp].append(time.perf_counter() - w)
+            cpu[comp].append(time.process_time() - c)
+    for comp in (False, True):
+        result[f"wall_{int(comp)}"] = statistics.median(wall[comp])
+        result[f"best_{int(comp)}"] = min(wall[comp])
+        result[f"cpu_{int(comp)}"] = statistics.median(cpu[comp])
+    return result
 
 
 def make_batch(batch: int, length: int, gen: object) -> dict[str, object]:
@@ -176,11 +215,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--policy-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/speed.md")
+    parser.add_argument("--interleave", action="store_true",
+                        help="print eager against compiled of the new code, alternating update "
+                        "by update in one process (nothing is written)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "preset:0|1", prints JSON
     args = parser.parse_args()
     if args.one:
         preset, comp = args.one.rsplit(":", 1)
         print(json.dumps(measure(preset, comp == "1", args)))
+        return
+    if args.interleave:
+        load = os.getloadavg()[0]
+        for preset in args.presets:
+            r = measure_pair(preset, args)
+            print(f"{preset}, batch {args.batch} x {args.length}, {args.threads} thread(s), "
+                  f"median of {args.updates} alternating updates (load {load:.2f} before, "
+                  f"{os.getloadavg()[0]:.2f} after): eager {r['wall_0']:.3f} s (best "
+                  f"{r['best_0']:.3f}, CPU {r['cpu_0']:.3f}), compiled {r['wall_1']:.3f} s "
+                  f"(best {r['best_1']:.3f}, CPU {r['cpu_1']:.3f}), "
+                  f"{r['wall_0'] / r['wall_1']:.2f}x; warm-up {r['warmup_0']:.1f} / "
+                  f"{r['warmup_1']:.1f} s", flush=True)
         return
     load_before = os.getloadavg()
     rows = []
