@@ -225,8 +225,8 @@ def main() -> None:
         print(json.dumps(measure(preset, comp == "1", args)))
         return
     if args.interleave:
-        load = os.getloadavg()[0]
         for preset in args.presets:
+            load = os.getloadavg()[0]
             r = measure_pair(preset, args)
             print(f"{preset}, batch {args.batch} x {args.length}, {args.threads} thread(s), "
                   f"median of {args.updates} alternating updates (load {load:.2f} before, "
