@@ -1,19 +1,23 @@
 """Why DreamerV3 `small` at train_ratio 128 does not stay up on InvertedPendulum-v5: the cart.
 
-Trains DreamerV3 (preset ``small``) on InvertedPendulum-v5 and, every ``--eval-every`` env
-steps, runs deterministic episodes and records, besides their length, where the cart goes:
-its largest distance from the centre and where it sits at the end (the slider's range is
-about +-1; the episode ends when the pole tilts past 0.2 rad). The report separates two ways a
-policy can score: balancing with the cart near the centre, and balancing while the cart creeps
-to the end of the rail, where the pole then falls. It also says how well the world model knows
-where the cart is: the RMS error of the decoded cart position (``symexp(decoder(h, z))`` of
-the policy's own model state at each step) next to the spread of the true position over the
-same steps; an error near the spread means the model state hardly encodes the position.
+Trains DreamerV3 (preset ``small``) on InvertedPendulum-v5 (or CartPole-v1, ``--env``: the
+same question for the discrete task) and, every ``--eval-every`` env steps, runs deterministic
+episodes and records, besides their length, where the cart goes: its largest distance from
+the centre and where it sits at the end (InvertedPendulum's slider range is about +-1 and its
+episode ends when the pole tilts past 0.2 rad; CartPole's ends at |x| = 2.4). The report
+separates two ways a policy can score: balancing with the cart near the centre, and balancing
+while the cart creeps to the end of the rail, where the pole then falls. It also says how
+well the world model knows where the cart is: the RMS error of the decoded cart position
+(``symexp(decoder(h, z))`` of the policy's own model state at each step) next to the spread of
+the true position over the same steps; an error near the spread means the model state hardly
+encodes the position.
 Results go to ``docs/benchmarks/balance_drift.md`` (``--out`` for another file).
 
     python scripts/balance_drift.py --seed 1 --steps 3000
     python scripts/balance_drift.py --seed 1 --steps 2500 --train-ratio 512 \
         --out docs/benchmarks/balance_drift_tr512.md
+    python scripts/balance_drift.py --env CartPole-v1 --seed 1 --steps 2500 --train-ratio 512 \
+        --out docs/benchmarks/balance_drift_cartpole_tr512.md
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ from physlink_gym import DreamerV3
 from physlink_gym.agents.dreamerv3.distributions import symexp
 
 ROOT = Path(__file__).resolve().parent.parent
+#: End of the rail (|cart x| there ends or stops the cart) and the sentence the report uses.
+RAILS = {
+    "InvertedPendulum-v5": (1.0, "The slider's range is about ±1; an episode ends when the pole "
+                            "tilts past 0.2 rad."),
+    "CartPole-v1": (2.4, "An episode ends when the cart passes |x| = 2.4 or the pole tilts past "
+                    "0.21 rad."),
+}
 
 
 def episode(model: DreamerV3, env: gym.Env, seed: int) -> tuple[int, float, float, np.ndarray]:
@@ -65,6 +76,7 @@ class CartWatch(BaseCallback):
     def __init__(self, env_id: str, every: int, episodes: int, seed: int) -> None:
         super().__init__()
         self.env = gym.make(env_id)
+        self.rail = RAILS[env_id][0]
         self.every, self.episodes, self.seed = every, episodes, seed
         self.rows: list[tuple[int, float, float, float, int, float, float]] = []
 
@@ -74,7 +86,7 @@ class CartWatch(BaseCallback):
             runs = [episode(self.model, self.env, 10_000 * self.seed + i)
                     for i in range(self.episodes)]
             lengths = [r[0] for r in runs]
-            at_rail = sum(r[1] >= 0.95 for r in runs)
+            at_rail = sum(r[1] >= 0.95 * self.rail for r in runs)
             pairs = np.concatenate([r[3] for r in runs])
             rmse = float(np.sqrt(np.mean((pairs[:, 1] - pairs[:, 0]) ** 2)))
             self.rows.append((self.num_timesteps, float(np.mean(lengths)),
@@ -87,7 +99,7 @@ class CartWatch(BaseCallback):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="InvertedPendulum-v5")
+    p.add_argument("--env", default="InvertedPendulum-v5", choices=sorted(RAILS))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--eval-every", type=int, default=500)
@@ -109,9 +121,9 @@ def main() -> None:
         f"({time.strftime('%Y-%m-%d %H:%M')}, load average {load:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after, {time.perf_counter() - t0:.0f} s); train_ratio "
         f"{model.config.train_ratio:g}.", "",
-        f"{args.episodes} deterministic episodes every {args.eval_every} env steps. The slider's "
-        "range is about ±1; an episode ends when the pole tilts past 0.2 rad. "
-        "'at the rail' counts the episodes whose cart reached |x| ≥ 0.95. 'x error' is the "
+        f"{args.episodes} deterministic episodes every {args.eval_every} env steps. "
+        f"{RAILS[args.env][1]} 'at the rail' counts the episodes whose cart reached "
+        f"|x| ≥ {0.95 * RAILS[args.env][0]:.2f}. 'x error' is the "
         "RMS error of the cart position decoded from the policy's model state, over every step "
         "of those episodes; 'x spread' is the standard deviation of the true position over the "
         "same steps.", "",
