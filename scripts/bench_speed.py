@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "c9e1354"  # last commit before the update became one function (update.py)
@@ -36,23 +37,33 @@ OBS, ACT = 17, 6
 MARKERS = "<!-- results:threads={}:start -->", "<!-- results:threads={}:end -->"
 
 
+def build(preset: str, compile_: bool) -> Any:
+    """A learner of ``preset`` from the ``physlink_gym`` first on ``sys.path``, seeded alike."""
+    import torch
+
+    from physlink_gym.agents.dreamerv3.config import make_config
+    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
+
+    torch.manual_seed(0)
+    return DreamerV3Learner(make_config(preset, compile=compile_), OBS, ACT, discrete=False)
+
+
+def update(learner: Any, batch: dict[str, object]) -> None:
+    """One update, waiting for its values (both versions)."""
+    float(learner.train_step(batch)["loss/total"])
+
+
 def measure(preset: str, compile_: bool, args: argparse.Namespace) -> dict[str, float]:
     """Run in a child process whose ``sys.path`` starts with the version under test."""
     import torch
     from torch.profiler import profile
 
-    from physlink_gym.agents.dreamerv3.config import make_config
-    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
-
     torch.set_num_threads(args.threads)
-    cfg = make_config(preset, compile=compile_)
-    torch.manual_seed(0)
-    learner = DreamerV3Learner(cfg, OBS, ACT, discrete=False)
+    learner = build(preset, compile_)
     batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
 
     def one() -> None:
-        metrics = learner.train_step(batch)
-        float(metrics["loss/total"])  # wait for the values (both versions)
+        update(learner, batch)
 
     start = time.perf_counter()
     one()
@@ -89,28 +100,21 @@ def measure_pair(preset: str, args: argparse.Namespace) -> dict[str, float]:
     """
     import torch
 
-    from physlink_gym.agents.dreamerv3.config import make_config
-    from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
-
     torch.set_num_threads(args.threads)
-    learners = {}
-    for comp in (False, True):
-        torch.manual_seed(0)
-        learners[comp] = DreamerV3Learner(make_config(preset, compile=comp), OBS, ACT,
-                                          discrete=False)
+    learners = {comp: build(preset, comp) for comp in (False, True)}
     batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
     result: dict[str, float] = {}
     for comp, learner in learners.items():
         start = time.perf_counter()
         for _ in range(args.warmup):
-            float(learner.train_step(batch)["loss/total"])
+            update(learner, batch)
         result[f"warmup_{int(comp)}"] = time.perf_counter() - start
     wall: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.updates):
         for comp, learner in learners.items():
             w, c = time.perf_counter(), time.process_time()
-            float(learner.train_step(batch)["loss/total"])
+            update(learner, batch)
             wall[comp].append(time.perf_counter() - w)
             cpu[comp].append(time.process_time() - c)
     for comp in (False, True):
