@@ -142,9 +142,11 @@ def test_save_load_round_trip_is_exact_and_never_pickles(tmp_path):
         assert k == k2
         torch.testing.assert_close(v, v2, rtol=0, atol=0)
     obs = np.zeros((3, 3), np.float32)
+    rng = torch.get_rng_state()
     a1, _ = model.predict(obs, deterministic=True)
     a2, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_array_equal(a1, a2)
+    assert torch.equal(torch.get_rng_state(), rng)  # evaluating leaves training's RNG alone
 
 
 def test_learn_continues_after_load(tmp_path):

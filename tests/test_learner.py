@@ -190,6 +190,22 @@ def test_policy_step_deterministic_is_the_mode() -> None:
     assert torch.equal(a1, a2) and not torch.equal(a1, a3)
 
 
+def test_deterministic_policy_step_draws_no_random_numbers() -> None:
+    # Regression: the posterior latent was sampled (and then replaced by its mode) even when
+    # acting deterministically, so an evaluation callback shifted the RNG that training uses.
+    learner = _learner()
+    obs, state = torch.randn(2, OBS), learner.initial_state(2)
+    first = torch.zeros(2, dtype=torch.bool)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a1, s1 = learner.policy_step(obs, state, first, deterministic=True)
+    assert torch.equal(torch.get_rng_state(), before)
+    a2, s2 = learner.policy_step(obs, state, first, deterministic=True)  # RNG not reseeded
+    assert torch.equal(a1, a2) and all(torch.equal(x, y) for x, y in zip(s1, s2, strict=True))
+    learner.policy_step(obs, state, first, deterministic=False)  # sampling still draws
+    assert not torch.equal(torch.get_rng_state(), before)
+
+
 def test_train_step_fits_a_fixed_batch() -> None:
     learner = _learner(lr=3e-3, warmup=0)
     batch = _batch()

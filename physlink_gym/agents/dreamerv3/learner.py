@@ -150,7 +150,12 @@ class DreamerV3Learner(nn.Module):
         h, z, prev_action = state
         with self._autocast():
             embed = self.encoder(obs.to(self.device, torch.float32))
-            h, z, logp = self.rssm.obs_step((h, z), prev_action, embed, is_first.bool())
+            # Deterministic acting draws no random numbers (its latent sample is replaced by
+            # the mode below), so evaluation never shifts the global RNG that training uses.
+            noise = None
+            if deterministic:
+                noise = torch.full((obs.shape[0], self.rssm.latents, 1), 0.5, device=self.device)
+            h, z, logp = self.rssm.obs_step((h, z), prev_action, embed, is_first.bool(), noise)
             if deterministic:
                 # Deviation for SB3's contract (deterministic=True is repeatable): the reference
                 # samples the posterior latent even in eval mode; here its mode is taken instead.
