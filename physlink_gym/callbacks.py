@@ -246,20 +246,21 @@ class ProgressBar(BaseCallback):
         self.tick()
         return True
 
-    def tick(self, steps: int = 0) -> None:
-        """Advance by ``steps`` and refresh the updates-per-second figure (about once a second)."""
+    def tick(self, steps: int = 0, force: bool = False) -> None:
+        """Advance by ``steps``; refresh the updates-per-second figure once a second (or now)."""
         import time
 
         if steps:
             self.bar.update(steps)
         now = time.perf_counter()
-        if now - self._last_time >= 1.0:
+        if force or now - self._last_time >= 1.0:
             updates = int(getattr(self.model, "_n_updates", 0))
-            rate = (updates - self._last_updates) / (now - self._last_time)
+            rate = (updates - self._last_updates) / max(now - self._last_time, 1e-9)
             self.bar.set_postfix_str(f"{updates:,} updates ({rate:.1f}/s)", refresh=False)
             self._last_time, self._last_updates = now, updates
 
     def _on_training_end(self) -> None:
         if self.bar is not None:
+            self.tick(force=True)  # a run shorter than a second still ends with its figure
             self.bar.refresh()
             self.bar.close()
