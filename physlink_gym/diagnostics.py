@@ -1,9 +1,10 @@
 """``doctor()``: check that this machine can run physlink_gym, and say how to fix what is missing.
 
 Each check is a small pure function returning a :class:`Check`; :func:`doctor` gathers the facts
-(Python version, installed packages, CUDA) and runs them. The verdict is ``"NO-GO"`` when any
-check fails (torch, gymnasium, stable-baselines3 or safetensors missing or too old, Python older
-than 3.10) and ``"GO"`` otherwise; warnings (no CUDA, no MuJoCo, little GPU memory) never block.
+(Python version, installed packages, CUDA, the CPU) and runs them. The verdict is ``"NO-GO"``
+when any check fails (torch, gymnasium, stable-baselines3 or safetensors missing or too old,
+Python older than 3.10) and ``"GO"`` otherwise; warnings (no CUDA, no MuJoCo, little GPU
+memory) never block.
 
 torch is imported inside :func:`doctor` only, so importing this module stays cheap, and the
 report still comes back when torch is missing.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,10 +33,12 @@ from packaging.version import InvalidVersion, Version
 __all__ = [
     "Check",
     "DoctorReport",
+    "check_cpu",
     "check_cuda",
     "check_package",
     "check_python",
     "check_torch",
+    "cpu_summary",
     "doctor",
     "installed_version",
 ]
@@ -197,6 +202,73 @@ def check_cuda(torch: Any | None) -> Check:
     return Check("cuda", "OK", detail)
 
 
+def cpu_summary(torch: Any | None) -> dict[str, Any]:
+    """What this CPU offers the update: model, logical CPUs, torch's threads and vector ISA.
+
+    ``isa`` is torch's kernel level (``torch.backends.cpu.get_cpu_capability()``: ``"AVX512"``,
+    ``"AVX2"``, ...); ``bf16`` says how bfloat16 matrix products run: ``"AMX"`` (tile units),
+    ``"AVX512-BF16"``, or ``"emulated"`` (measured 5-7x slower than float32 on an AVX2 CPU,
+    docs/benchmarks/speed.md). Fields torch cannot tell are ``None``.
+
+    Example:
+        >>> info = cpu_summary(None)
+        >>> info["cpus"] == os.cpu_count(), info["isa"], info["bf16"]
+        (True, None, None)
+    """
+    info: dict[str, Any] = {
+        "model": _cpu_model(), "cpus": os.cpu_count(), "threads": None, "isa": None, "bf16": None,
+    }  # fmt: skip
+    if torch is None:
+        return info
+    try:
+        info["threads"] = int(torch.get_num_threads())
+        info["isa"] = str(torch.backends.cpu.get_cpu_capability())
+        cpu = torch.cpu  # the two probes are private torch API: absent ones mean "unknown"
+        if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+            info["bf16"] = "AMX"
+        elif getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+            info["bf16"] = "AVX512-BF16"
+        elif hasattr(cpu, "_is_amx_tile_supported"):
+            info["bf16"] = "emulated"
+    except Exception:  # an odd torch build must not crash the doctor
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def check_cpu(info: dict[str, Any]) -> Check:
+    """The CPU, always OK (information for choosing ``compute_dtype`` and thread counts).
+
+    Example:
+        >>> info = {"model": "Xeon", "cpus": 2, "threads": 2, "isa": "AVX2", "bf16": "emulated"}
+        >>> check_cpu(info).detail
+        'Xeon; 2 logical CPUs, torch uses 2 threads; AVX2; bfloat16 matmuls: emulated'
+        >>> check_cpu(info).fix
+        'keep compute_dtype="float32" (the default): bfloat16 is slower here'
+    """
+    parts = [str(info["model"]), f"{info['cpus']} logical CPUs"]
+    if info["threads"] is not None:
+        parts[-1] += f", torch uses {info['threads']} threads"
+    if info["isa"] is not None:
+        parts.append(str(info["isa"]))
+    if info["bf16"] is not None:
+        parts.append(f"bfloat16 matmuls: {info['bf16']}")
+    fix = ""
+    if info["bf16"] == "emulated":
+        fix = 'keep compute_dtype="float32" (the default): bfloat16 is slower here'
+    return Check("cpu", "OK", "; ".join(parts), fix=fix)
+
+
 def installed_version(import_name: str, dist_name: str) -> str | None:
     """Version of an importable package without importing it; ``None`` when not importable.
 
@@ -268,7 +340,8 @@ def doctor(print_table: bool = True) -> DoctorReport:
     """Check this machine and return a :class:`DoctorReport`; print it as a table by default.
 
     Checks Python >= 3.10; torch (importable, >= 2.4); CUDA (device, memory; CPU only is a
-    warning); gymnasium, stable-baselines3 and safetensors (required); mujoco and tensorboard
+    warning); the CPU (information only: vector ISA, how bfloat16 runs); gymnasium,
+    stable-baselines3 and safetensors (required); mujoco and tensorboard
     (optional). It never raises for a missing package: that is what the report is for.
 
     Args:
@@ -285,6 +358,7 @@ def doctor(print_table: bool = True) -> DoctorReport:
     start = time.perf_counter()
     torch, error = _import_torch()
     checks = [check_python(), check_torch(torch, error), check_cuda(torch)]
+    checks.append(check_cpu(cpu_summary(torch)))
     for name, import_name, dist_name, required, minimum, fix in PACKAGES:
         version = installed_version(import_name, dist_name)
         checks.append(check_package(name, version, required=required, minimum=minimum, fix=fix))

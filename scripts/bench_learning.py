@@ -138,6 +138,16 @@ def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
     plt.close(fig)
 
 
+def cpu_line() -> str:
+    """The CPU's model, vector ISA and bfloat16 support (learning numerics differ slightly)."""
+    import torch
+
+    from physlink_gym.diagnostics import cpu_summary
+
+    cpu = cpu_summary(torch)
+    return f"{cpu['model']}, {cpu['cpus']} logical CPUs, {cpu['isa']}"
+
+
 def write_report(results: list[dict], opts: dict, out: Path) -> None:
     """Markdown table + plot of the curves."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +162,8 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
         f"{opts['train_ratio'] or 'of the preset'}, "
         f"learning_starts {opts['learning_starts']}, overrides {opts['overrides'] or 'none'}; "
         "SB3 baselines with their defaults. Evaluation: 10 deterministic episodes every "
-        f"{opts['eval_every']} env steps. CPU, {opts['threads']} torch thread(s) per run, "
+        f"{opts['eval_every']} env steps. CPU ({opts.get('cpu', 'not recorded')}), "
+        f"{opts['threads']} torch thread(s) per run, "
         f"{opts['workers']} runs at a time; load average {opts.get('load', '?')}.", "",
         f"| algo | seed | return at each eval | first reaching {target:.0f}: env steps | "
         "training seconds | lowest return after | training wall / CPU s | s/update | "
@@ -217,8 +228,9 @@ def main() -> None:
     with ctx.Pool(a.workers) as pool:
         results = pool.map(run_one, jobs, chunksize=1)
     opts["load"] = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    opts["cpu"] = cpu_line()
     for r in results:
-        r["opts"] = {k: v for k, v in opts.items() if k not in ("argv", "load")}
+        r["opts"] = {k: v for k, v in opts.items() if k not in ("argv", "load", "cpu")}
         r["argv"] = opts["argv"]
     for path in a.include:
         for r in json.loads(Path(path).read_text()):

@@ -13,16 +13,18 @@ from physlink_gym.diagnostics import (
     MUJOCO_FIX,
     Check,
     DoctorReport,
+    check_cpu,
     check_cuda,
     check_package,
     check_python,
     check_torch,
+    cpu_summary,
     doctor,
     installed_version,
 )
 
-NAMES = ["python", "torch", "cuda", "gymnasium", "stable-baselines3", "safetensors", "mujoco",
-         "tensorboard"]  # fmt: skip
+NAMES = ["python", "torch", "cuda", "cpu", "gymnasium", "stable-baselines3", "safetensors",
+         "mujoco", "tensorboard"]  # fmt: skip
 
 
 def fake_torch(available=True, name="Fake GPU", gib=8.0, count=1):
@@ -98,6 +100,38 @@ def test_check_cuda_survives_a_broken_driver_and_missing_torch():
     check = check_cuda(broken)
     assert check.status == "WARN" and "driver too old" in check.detail
     assert check_cuda(None).status == "WARN"
+
+
+def fake_cpu_torch(amx=None, avx512_bf16=False, isa="AVX512"):
+    """torch's CPU probes; ``amx=None`` is a torch without the (private) probes."""
+    cpu = SimpleNamespace()
+    if amx is not None:
+        cpu._is_amx_tile_supported = lambda: amx
+        cpu._is_avx512_bf16_supported = lambda: avx512_bf16
+    backends = SimpleNamespace(cpu=SimpleNamespace(get_cpu_capability=lambda: isa))
+    return SimpleNamespace(cpu=cpu, backends=backends, get_num_threads=lambda: 3)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "bf16", "fix"),
+    [(True, True, "AMX", ""), (False, True, "AVX512-BF16", ""),
+     (False, False, "emulated", "float32"), (None, False, None, "")],
+)  # fmt: skip
+def test_check_cpu_says_how_bfloat16_runs(amx, avx512_bf16, bf16, fix):
+    info = cpu_summary(fake_cpu_torch(amx, avx512_bf16))
+    assert (info["isa"], info["threads"], info["bf16"]) == ("AVX512", 3, bf16)
+    check = check_cpu(info)
+    assert check.status == "OK" and "torch uses 3 threads; AVX512" in check.detail
+    assert (f"bfloat16 matmuls: {bf16}" in check.detail) == (bf16 is not None)
+    assert (fix in check.fix) and (bool(check.fix) == bool(fix))
+
+
+def test_cpu_summary_survives_missing_and_broken_torch():
+    assert cpu_summary(None)["threads"] is None and check_cpu(cpu_summary(None)).status == "OK"
+    broken = fake_cpu_torch(amx=True)
+    broken.backends.cpu.get_cpu_capability = lambda: (_ for _ in ()).throw(RuntimeError("x"))
+    info = cpu_summary(broken)
+    assert info["threads"] == 3 and info["isa"] is None and info["model"]
 
 
 @pytest.mark.parametrize(
