@@ -14,6 +14,8 @@ Usage:
     python scripts/bench_speed.py --threads 2                 # debug, 1m, 12m: baseline vs now
     python scripts/bench_speed.py --presets 1m --versions new --compile on off
     python scripts/bench_speed.py --presets small --length 32 --interleave --updates 15
+    python scripts/bench_speed.py --presets small 1m 12m --interleave dtype   # float32 vs bf16
+    python scripts/bench_speed.py --presets debug --whole-graph --updates 8    # ~10 min compile
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ OBS, ACT = 17, 6
 MARKERS = "<!-- results:threads={}:start -->", "<!-- results:threads={}:end -->"
 
 
-def build(preset: str, compile_: bool) -> Any:
+def build(preset: str, compile_: bool, dtype: str = "float32") -> Any:
     """A learner of ``preset`` from the ``physlink_gym`` first on ``sys.path``, seeded alike."""
     import torch
 
@@ -45,7 +47,9 @@ def build(preset: str, compile_: bool) -> Any:
     from physlink_gym.agents.dreamerv3.learner import DreamerV3Learner
 
     torch.manual_seed(0)
-    return DreamerV3Learner(make_config(preset, compile=compile_), OBS, ACT, discrete=False)
+    extra = {} if dtype == "float32" else {"compute_dtype": dtype}  # the baseline: float32 only
+    cfg = make_config(preset, compile=compile_, **extra)
+    return DreamerV3Learner(cfg, OBS, ACT, discrete=False)
 
 
 def update(learner: Any, batch: dict[str, object]) -> None:
@@ -94,14 +98,20 @@ def measure(preset: str, compile_: bool, args: argparse.Namespace) -> dict[str, 
 
 
 def measure_pair(preset: str, args: argparse.Namespace) -> dict[str, float]:
-    """Eager and compiled learners of one preset in one process, alternating update by update.
+    """Two learners of one preset in one process, alternating update by update.
 
-    Drift of a shared machine then hits both alike; returns the medians of each.
+    ``--interleave compile``: eager (``_0``) against compiled (``_1``); ``--interleave dtype``:
+    float32 (``_0``) against bfloat16 autocast (``_1``), both compiled when ``--compile on``
+    is given. Drift of a shared machine then hits both alike; returns the medians of each.
     """
     import torch
 
     torch.set_num_threads(args.threads)
-    learners = {comp: build(preset, comp) for comp in (False, True)}
+    if args.interleave == "dtype":
+        comp = "on" in args.compile
+        learners = {False: build(preset, comp), True: build(preset, comp, "bfloat16")}
+    else:
+        learners = {comp: build(preset, comp) for comp in (False, True)}
     batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
     result: dict[str, float] = {}
     for comp, learner in learners.items():
@@ -121,6 +131,40 @@ def measure_pair(preset: str, args: argparse.Namespace) -> dict[str, float]:
         result[f"wall_{int(comp)}"] = statistics.median(wall[comp])
         result[f"best_{int(comp)}"] = min(wall[comp])
         result[f"cpu_{int(comp)}"] = statistics.median(cpu[comp])
+    return result
+
+
+def measure_whole_graph(preset: str, args: argparse.Namespace) -> dict[str, float]:
+    """The whole update compiled as one graph (``train_step_graph``) against eager, one process.
+
+    Times the first call (compiling; minutes on a CPU) and then alternates the two.
+    """
+    import torch
+
+    from physlink_gym.agents.dreamerv3 import update as upd
+    from physlink_gym.agents.dreamerv3.compile import train_step_graph
+
+    torch.set_num_threads(args.threads)
+    learner = build(preset, False)
+    data = learner.prepare_batch(make_batch(args.batch, args.length,
+                                            torch.Generator().manual_seed(0)))
+    lr = torch.tensor(learner.config.lr)
+    fns = {False: upd.train_step, True: train_step_graph(upd.train_step)}
+
+    def one(graph: bool) -> float:
+        noise = upd.draw_noise(learner, args.batch, args.length)
+        start = time.perf_counter()
+        float(fns[graph](learner, data, noise, lr)["loss/total"])
+        return time.perf_counter() - start
+
+    result = {"first_1": one(True)}
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.updates):
+        for graph in (False, True):
+            wall[graph].append(one(graph))
+    for graph in (False, True):
+        result[f"wall_{int(graph)}"] = statistics.median(wall[graph])
+        result[f"best_{int(graph)}"] = min(wall[graph])
     return result
 
 
@@ -219,23 +263,40 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--policy-steps", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/speed.md")
-    parser.add_argument("--interleave", action="store_true",
-                        help="print eager against compiled of the new code, alternating update "
-                        "by update in one process (nothing is written)")
+    parser.add_argument("--interleave", nargs="?", const="compile", choices=["compile", "dtype"],
+                        help="print eager against compiled (or, with 'dtype', float32 against "
+                        "bfloat16 autocast) of the new code, alternating update by update in "
+                        "one process (nothing is written)")
+    parser.add_argument("--whole-graph", action="store_true",
+                        help="print eager against the whole update compiled as one graph "
+                        "(train_step_graph; compiling takes about 10 minutes at debug on 2 "
+                        "cores; nothing is written)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "preset:0|1", prints JSON
     args = parser.parse_args()
     if args.one:
         preset, comp = args.one.rsplit(":", 1)
         print(json.dumps(measure(preset, comp == "1", args)))
         return
+    if args.whole_graph:
+        for preset in args.presets:
+            r = measure_whole_graph(preset, args)
+            print(f"{preset}, batch {args.batch} x {args.length}, {args.threads} thread(s), "
+                  f"median of {args.updates} alternating updates: eager {r['wall_0']:.3f} s "
+                  f"(best {r['best_0']:.3f}), one graph {r['wall_1']:.3f} s (best "
+                  f"{r['best_1']:.3f}); compiling took {r['first_1']:.0f} s", flush=True)
+        return
     if args.interleave:
         for preset in args.presets:
             load = os.getloadavg()[0]
             r = measure_pair(preset, args)
+            names = ("eager", "compiled")
+            if args.interleave == "dtype":
+                mode = "compiled" if "on" in args.compile else "eager"
+                names = (f"float32 {mode}", f"bfloat16 {mode}")
             print(f"{preset}, batch {args.batch} x {args.length}, {args.threads} thread(s), "
                   f"median of {args.updates} alternating updates (load {load:.2f} before, "
-                  f"{os.getloadavg()[0]:.2f} after): eager {r['wall_0']:.3f} s (best "
-                  f"{r['best_0']:.3f}, CPU {r['cpu_0']:.3f}), compiled {r['wall_1']:.3f} s "
+                  f"{os.getloadavg()[0]:.2f} after): {names[0]} {r['wall_0']:.3f} s (best "
+                  f"{r['best_0']:.3f}, CPU {r['cpu_0']:.3f}), {names[1]} {r['wall_1']:.3f} s "
                   f"(best {r['best_1']:.3f}, CPU {r['cpu_1']:.3f}), "
                   f"{r['wall_0'] / r['wall_1']:.2f}x; warm-up {r['warmup_0']:.1f} / "
                   f"{r['warmup_1']:.1f} s", flush=True)
@@ -254,8 +315,14 @@ def main() -> None:
                     print(preset, version, comp, {k: round(v, 4) for k, v in result.items()},
                           flush=True)
     load_after = os.getloadavg()
+    import torch
+
+    from physlink_gym.diagnostics import cpu_summary
+
+    cpu = cpu_summary(torch)
     info = (
-        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs; baseline "
+        f"Machine: {cpu['model']} ({platform.machine()}, {cpu['isa']}, bfloat16 matmuls "
+        f"{cpu['bf16']}), {os.cpu_count()} logical CPUs; baseline "
         f"{args.baseline}; Python {platform.python_version()}; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after "
         f"({time.strftime('%Y-%m-%d %H:%M')})."

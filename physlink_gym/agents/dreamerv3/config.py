@@ -123,13 +123,16 @@ class DreamerV3Config:
     actor_unimix: float = 0.01  # the reference config lists policy.unimix 0.01, but its
     # `categorical` discrete head ignores it (effective 0); the 2023 code's `onehot` actor head
     # applied it: we keep 1% for Discrete actions (0.0 gives the current reference)
-    compute_dtype: str = "float32"  # jax.compute_dtype: bfloat16; we compute in float32 (CPU
-    # bfloat16 matmuls are slow and imprecise); "bfloat16" runs the forward under autocast
-    compile: bool = False  # torch.compile the RSSM scan steps (no reference counterpart; the
-    # reference jit-compiles everything). Measured in-process A/B on this 2-core CPU: -10% CPU
-    # per update at 1m, -8% at the sheeprl-XS size, none at 12m, for a first update of 10 s
-    # (inductor cache warm) to 100 s (cold); off by default for robustness. Falls back to eager,
-    # with a warning, where compiling fails. See docs/benchmarks/speed.md.
+    compute_dtype: str = "float32"  # jax.compute_dtype: bfloat16; we compute in float32:
+    # "bfloat16" (the forward under autocast) is 5-7x slower on CPUs without AMX/AVX512-BF16,
+    # and even with AMX 1.2-1.4x slower at small/1m, 1.4-1.5x faster only from 12m; learning
+    # on Pendulum was the same (docs/benchmarks/speed.md, section "bfloat16")
+    compile: bool = False  # torch.compile the scan steps, one imagination step and the
+    # behaviour losses (no reference counterpart; the reference jit-compiles everything).
+    # Measured in-process A/B on 2 CPU cores: -10 to -25% per update at small and 1m, -6% at
+    # 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold); off by
+    # default for short and first runs. Falls back to eager, with a warning, where compiling
+    # fails. See docs/benchmarks/speed.md.
     physics_weight: float = 0.0  # no reference counterpart (opt-in): weight of the soft,
     # differentiable invariants' residual excess on the model's one-step predictions in the
     # world-model loss (physics.py; measured in docs/imagination.md)
