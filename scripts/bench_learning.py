@@ -105,7 +105,8 @@ def lowest_after(curve: list, target: float) -> float | None:
 
 
 def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
-                path: Path, train_ratio: float | None = None) -> None:
+                path: Path, train_ratio: float | None = None,
+                overrides: dict[str, Any] | None = None) -> None:
     """Evaluation return against env steps, one line per run (colour: algo, style: seed)."""
     import matplotlib
 
@@ -128,10 +129,11 @@ def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
     others = " vs ".join(sorted({r["algo"] for r in results} - {"DreamerV3"}))
     algos = {r["algo"] for r in results}
     setting = preset + (f", train_ratio {train_ratio:g}" if train_ratio else "")
+    setting += "".join(f", {k}={v}" for k, v in (overrides or {}).items())
     title = f"DreamerV3 ({setting})" if "DreamerV3" in algos else ""
     if others:
         title += (" vs " if title else "") + f"SB3 {others}"
-    ax.set_title(f"{env_id}: {title}")
+    ax.set_title(f"{env_id}: {title}", fontsize=12 if len(title) < 55 else 9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -153,7 +155,7 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     target, env_id = opts["target"], opts["env"]
     plot_curves(results, target, env_id, opts["preset"], out.with_suffix(".png"),
-                opts["train_ratio"])
+                opts["train_ratio"], opts.get("overrides"))
     lines = [
         f"# Learning: {env_id}", "",
         "Command: " + " then ".join(f"`python scripts/bench_learning.py {c}`"
