@@ -266,6 +266,8 @@ def check_cpu(info: dict[str, Any]) -> Check:
     fix = ""
     if info["bf16"] == "emulated":
         fix = 'keep compute_dtype="float32" (the default): bfloat16 is slower here'
+    elif info["bf16"] == "AMX":  # measured: docs/benchmarks/speed.md, section "bfloat16"
+        fix = 'presets 1m and larger train faster with compute_dtype="mixed"'
     return Check("cpu", "OK", "; ".join(parts), fix=fix)
 
 

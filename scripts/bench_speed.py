@@ -15,6 +15,7 @@ Usage:
     python scripts/bench_speed.py --presets 1m --versions new --compile on off
     python scripts/bench_speed.py --presets small --length 32 --interleave --updates 15
     python scripts/bench_speed.py --presets small 1m 12m --interleave dtype   # float32 vs bf16
+    python scripts/bench_speed.py --presets 1m --interleave dtype --dtype mixed --compile on
     python scripts/bench_speed.py --presets debug --whole-graph --updates 8    # ~10 min compile
 """
 
@@ -101,15 +102,16 @@ def measure_pair(preset: str, args: argparse.Namespace) -> dict[str, float]:
     """Two learners of one preset in one process, alternating update by update.
 
     ``--interleave compile``: eager (``_0``) against compiled (``_1``); ``--interleave dtype``:
-    float32 (``_0``) against bfloat16 autocast (``_1``), both compiled when ``--compile on``
-    is given. Drift of a shared machine then hits both alike; returns the medians of each.
+    float32 (``_0``) against ``--dtype`` (``_1``: ``bfloat16`` autocast everywhere, or
+    ``mixed``), both compiled when ``--compile on`` is given. Drift of a shared machine then
+    hits both alike; returns the medians of each.
     """
     import torch
 
     torch.set_num_threads(args.threads)
     if args.interleave == "dtype":
         comp = "on" in args.compile
-        learners = {False: build(preset, comp), True: build(preset, comp, "bfloat16")}
+        learners = {False: build(preset, comp), True: build(preset, comp, args.dtype)}
     else:
         learners = {comp: build(preset, comp) for comp in (False, True)}
     batch = make_batch(args.batch, args.length, torch.Generator().manual_seed(0))
@@ -267,6 +269,8 @@ def main() -> None:
                         help="print eager against compiled (or, with 'dtype', float32 against "
                         "bfloat16 autocast) of the new code, alternating update by update in "
                         "one process (nothing is written)")
+    parser.add_argument("--dtype", choices=["bfloat16", "mixed"], default="bfloat16",
+                        help="compute_dtype set against float32 by --interleave dtype")
     parser.add_argument("--whole-graph", action="store_true",
                         help="print eager against the whole update compiled as one graph "
                         "(train_step_graph; compiling takes about 10 minutes at debug on 2 "
@@ -292,7 +296,7 @@ def main() -> None:
             names = ("eager", "compiled")
             if args.interleave == "dtype":
                 mode = "compiled" if "on" in args.compile else "eager"
-                names = (f"float32 {mode}", f"bfloat16 {mode}")
+                names = (f"float32 {mode}", f"{args.dtype} {mode}")
             print(f"{preset}, batch {args.batch} x {args.length}, {args.threads} thread(s), "
                   f"median of {args.updates} alternating updates (load {load:.2f} before, "
                   f"{os.getloadavg()[0]:.2f} after): {names[0]} {r['wall_0']:.3f} s (best "

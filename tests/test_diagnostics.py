@@ -114,7 +114,7 @@ def fake_cpu_torch(amx=None, avx512_bf16=False, isa="AVX512"):
 
 @pytest.mark.parametrize(
     ("amx", "avx512_bf16", "bf16", "fix"),
-    [(True, True, "AMX", ""), (False, True, "AVX512-BF16", ""),
+    [(True, True, "AMX", "mixed"), (False, True, "AVX512-BF16", ""),
      (False, False, "emulated", "float32"), (None, False, None, "")],
 )  # fmt: skip
 def test_check_cpu_says_how_bfloat16_runs(amx, avx512_bf16, bf16, fix):

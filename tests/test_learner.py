@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from physlink_gym.agents.dreamerv3 import update
 from physlink_gym.agents.dreamerv3.config import make_config
 from physlink_gym.agents.dreamerv3.learner import LOSS_KEYS, DreamerV3Learner
 from physlink_gym.agents.dreamerv3.update import replay_returns
@@ -281,6 +282,38 @@ def test_bad_batch_shapes_raise() -> None:
     short = {k: v[:, :1] for k, v in _batch().items()}
     with pytest.raises(ValidationError, match="T >= 2"):
         learner.train_step(short)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_mixed_compute_is_bfloat16_only_in_imagination(discrete: bool) -> None:
+    # "mixed": the world model's losses are float32 bit for bit, the imagined ones bfloat16.
+    f32 = _learner(discrete)
+    mixed = _learner(discrete, compute_dtype="mixed")
+    mixed.load_state_dict(f32.state_dict())
+    data = f32.prepare_batch(_batch(discrete=discrete))
+    noise = update.draw_noise(f32, B, T)
+    ref, _ = f32.compute_losses(data, noise)
+    got, _ = mixed.compute_losses(data, noise)
+    for key in ("dyn", "rep", "dec", "rew", "con"):
+        assert torch.equal(got[key], ref[key]), key
+    assert not torch.equal(got["value"], ref["value"])  # computed in bfloat16
+    torch.testing.assert_close(got["value"], ref["value"], rtol=0.01, atol=0.0)  # seen: 0.15%
+    # Head outputs and everything computed from them (decoded values, returns) stay float32,
+    # as in the reference; only the products inside the networks run in bfloat16.
+    with torch.no_grad():
+        _, _, post, _ = update.world_model_loss(mixed, data, noise.post)
+        with update._imagined_autocast(mixed, data["obs"].device):
+            feats, actions = update.imagine(mixed, post, noise)
+            logits = mixed.critic(feats[:2])
+            _, _, ret, retnorm = update.behaviour_loss(mixed, feats, actions, data["valid"])
+            value = update._decode(mixed, logits)
+    assert logits.dtype == value.dtype == ret.dtype == retnorm.dtype == torch.float32
+    assert torch.equal(value, update._decode(mixed, logits))  # the same outside autocast
+    metrics = mixed.train_step(_batch(discrete=discrete))
+    assert metrics["skipped"] == 0 and all(math.isfinite(v) for v in metrics.values())
+    action, _ = mixed.policy_step(torch.randn(2, OBS), mixed.initial_state(2),
+                                  torch.ones(2, dtype=torch.bool))
+    assert action.dtype == torch.float32 and torch.isfinite(action).all()
 
 
 def test_bfloat16_compute_runs() -> None:

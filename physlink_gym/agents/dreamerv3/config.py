@@ -126,7 +126,11 @@ class DreamerV3Config:
     compute_dtype: str = "float32"  # jax.compute_dtype: bfloat16; we compute in float32:
     # "bfloat16" (the forward under autocast) is 5-7x slower on CPUs without AMX/AVX512-BF16,
     # and even with AMX 1.2-1.4x slower at small/1m, 1.4-1.5x faster only from 12m; learning
-    # on Pendulum was the same (docs/benchmarks/speed.md, section "bfloat16")
+    # on Pendulum was the same (docs/benchmarks/speed.md, section "bfloat16"). "mixed": bfloat16
+    # autocast only over imagination and the behaviour losses (the large products over all
+    # imagined states), float32 for the world model and for acting: with AMX about even at
+    # small, 1.1x (eager) to 1.3x (compiled) faster at 1m, 1.6x at 12m. Head outputs are
+    # float32 in every mode (reference `outs.py`: f32(logits))
     compile: bool = False  # torch.compile the scan steps, one imagination step and the
     # behaviour losses (no reference counterpart; the reference jit-compiles everything).
     # Measured in-process A/B on 2 CPU cores: -10 to -25% per update at small and 1m, -6% at
@@ -320,5 +324,5 @@ def _validate(cfg: DreamerV3Config) -> None:
         _fail("actor_minstd", cfg.actor_minstd, f"0 < actor_minstd <= {cfg.actor_maxstd}")
     if not 0.0 <= cfg.retnorm_low < cfg.retnorm_high <= 100.0:
         _fail("retnorm_low", cfg.retnorm_low, "0 <= retnorm_low < retnorm_high <= 100")
-    if cfg.compute_dtype not in ("float32", "bfloat16"):
-        _fail("compute_dtype", cfg.compute_dtype, "'float32' or 'bfloat16'")
+    if cfg.compute_dtype not in ("float32", "bfloat16", "mixed"):
+        _fail("compute_dtype", cfg.compute_dtype, "'float32', 'bfloat16' or 'mixed'")

@@ -159,9 +159,15 @@ class MLPHead(nn.Module):
         self.out = linear(self.mlp.out_features, out_features, scale=outscale)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map [..., in_features] to [..., out_features]."""
+        """Map [..., in_features] to float32 [..., out_features].
+
+        Under bfloat16 autocast the layers compute in bfloat16 and the output is cast to float32,
+        as the reference's output distributions do (``embodied/jax/outs.py``: ``f32(logits)``),
+        so that the distribution math after it (two-hot decode, continue probability, action
+        sampling) stays float32; in float32 the cast is a no-op.
+        """
         out: Tensor = self.out(self.mlp(x))
-        return out
+        return out.float()
 
 
 class TwoHotHead(MLPHead):
@@ -183,10 +189,10 @@ class TwoHotHead(MLPHead):
         pad = -self.out.out_features % 8
         if not pad:
             out: Tensor = self.out(h)
-            return out
+            return out.float()  # float32 under autocast too (see MLPHead.forward)
         weight = F.pad(self.out.weight, (0, 0, 0, pad))
         bias = F.pad(self.out.bias, (0, pad), value=self.PAD_LOGIT)
-        return F.linear(h, weight, bias)
+        return F.linear(h, weight, bias).float()
 
 
 class BlockLinear(nn.Module):

@@ -29,6 +29,7 @@ Shapes: ``B`` batch, ``T`` window, ``H`` imagination horizon, ``N = B * T`` imag
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -200,15 +201,28 @@ def compute_losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metr
 def _losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metrics, Metrics, Tensor]:
     """:func:`compute_losses` and the return normaliser's new statistics (not yet stored)."""
     losses, metrics, post, feat = world_model_loss(m, data, noise.post)
-    feats, actions = imagine(m, post, noise)
     behaviour = maybe_compiled(behaviour_loss, m.config.compile)
-    beh_losses, beh_metrics, ret, retnorm = behaviour(m, feats, actions, data["valid"])
+    with _imagined_autocast(m, feat.device):
+        feats, actions = imagine(m, post, noise)
+        beh_losses, beh_metrics, ret, retnorm = behaviour(m, feats, actions, data["valid"])
     losses.update(beh_losses)
     metrics.update(beh_metrics)
     if m.config.repval_loss:
         boot = ret[0].reshape(data["valid"].shape)  # imagined return of each start
         losses["repval"], metrics["replay/return_mean"] = replay_value_loss(m, feat, data, boot)
     return losses, metrics, retnorm
+
+
+def _imagined_autocast(m: Nets, device: torch.device) -> Any:
+    """bfloat16 autocast over imagination and the behaviour losses with ``compute_dtype="mixed"``.
+
+    Those are the update's large products (the heads and the GRU over all ``H x N`` imagined
+    states), where bfloat16 units (AMX, GPUs) pay for the casts; the world model's small
+    sequential products stay float32 (docs/benchmarks/speed.md, section "bfloat16").
+    """
+    if m.config.compute_dtype == "mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # -- 1. world model ------------------------------------------------------------------------------
@@ -362,7 +376,15 @@ def behaviour_loss(
 
 
 def _decode(m: Nets, logits: Tensor, normalized: bool = False) -> Tensor:
-    """Two-hot expected value of head logits (or log-probabilities) over the learner's bins."""
+    """Two-hot expected value of head logits (or log-probabilities) over the learner's bins.
+
+    Always float32: the decode is a matrix-vector product, which autocast would run in bfloat16.
+    """
+    with torch.autocast(logits.device.type, enabled=False):
+        return _decode_f32(m, logits.float(), normalized)
+
+
+def _decode_f32(m: Nets, logits: Tensor, normalized: bool) -> Tensor:
     if normalized:  # exp(log_softmax(l)) == softmax(l) == softmax(log_softmax(l))
         logits = logits.exp()
         return twohot_mean_from_probs(logits, m.bins, m.config.bins % 2 == 1)
