@@ -267,8 +267,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/speed.md")
     parser.add_argument("--interleave", nargs="?", const="compile", choices=["compile", "dtype"],
                         help="print eager against compiled (or, with 'dtype', float32 against "
-                        "bfloat16 autocast) of the new code, alternating update by update in "
-                        "one process (nothing is written)")
+                        "--dtype) of the new code, alternating update by update in one process "
+                        "(nothing is written)")
     parser.add_argument("--dtype", choices=["bfloat16", "mixed"], default="bfloat16",
                         help="compute_dtype set against float32 by --interleave dtype")
     parser.add_argument("--whole-graph", action="store_true",
