@@ -381,14 +381,9 @@ def _decode(m: Nets, logits: Tensor, normalized: bool = False) -> Tensor:
     Always float32: the decode is a matrix-vector product, which autocast would run in bfloat16.
     """
     with torch.autocast(logits.device.type, enabled=False):
-        return _decode_f32(m, logits.float(), normalized)
-
-
-def _decode_f32(m: Nets, logits: Tensor, normalized: bool) -> Tensor:
-    if normalized:  # exp(log_softmax(l)) == softmax(l) == softmax(log_softmax(l))
-        logits = logits.exp()
-        return twohot_mean_from_probs(logits, m.bins, m.config.bins % 2 == 1)
-    return twohot_mean(logits, m.bins, symmetric=m.config.bins % 2 == 1)
+        if normalized:  # exp(log_softmax(l)) == softmax(l) == softmax(log_softmax(l))
+            return twohot_mean_from_probs(logits.float().exp(), m.bins, m.config.bins % 2 == 1)
+        return twohot_mean(logits.float(), m.bins, symmetric=m.config.bins % 2 == 1)
 
 
 # -- 4. replay value loss ------------------------------------------------------------------------
