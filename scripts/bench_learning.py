@@ -141,7 +141,7 @@ def plot_curves(results: list[dict], target: float, env_id: str, preset: str,
 
 
 def cpu_line() -> str:
-    """The CPU's model, vector ISA and bfloat16 support (learning numerics differ slightly)."""
+    """The CPU's model, logical CPUs and vector ISA (learning numerics differ between ISAs)."""
     import torch
 
     from physlink_gym.diagnostics import cpu_summary
