@@ -98,15 +98,24 @@ def _reference_core(core: BlockGRU, deter: torch.Tensor, x: torch.Tensor) -> tor
     return update * cand + (1 - update) * deter
 
 
-def test_block_gru_matches_reference_formulation() -> None:
+@pytest.mark.parametrize("compiling", [False, True])
+def test_block_gru_matches_reference_formulation(
+    compiling: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compiling=True takes the form the GRU has inside torch.compile (sample-major gates,
+    # tanh through sigmoid), run eagerly here; compiled, it is checked by the slow tests.
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
     torch.manual_seed(0)
     core = BlockGRU(CFG, action_dim=3)
-    deter, stoch = torch.randn(4, CFG.deter), torch.rand(4, CFG.stoch_dim)
-    act = core.embed_action(torch.randn(4, 3) * 3)
+    with torch.no_grad():  # biases away from their zero init, so the bias paths count
+        core.hid_in.bias.normal_()
+        core.gates.bias.normal_()
+    deter, stoch = torch.randn(64, CFG.deter), torch.rand(64, CFG.stoch_dim)
+    act = core.embed_action(torch.randn(64, 3) * 3)
     x = torch.cat([core.in_deter(deter), core.in_stoch(stoch), act], -1)
     out = core(deter, stoch, act)
-    assert out.shape == (4, CFG.deter)
-    torch.testing.assert_close(out, _reference_core(core, deter, x))
+    assert out.shape == (64, CFG.deter)
+    torch.testing.assert_close(out, _reference_core(core, deter, x), rtol=0, atol=1e-6)
 
 
 def test_block_gru_recurrence_is_block_diagonal() -> None:

@@ -282,27 +282,30 @@ def imagine(m: Nets, post: Posterior, noise: Noise) -> tuple[Tensor, Tensor]:
         ``(b, t)`` order.
     """
     deter, stoch = post.deter.flatten(0, 1), post.stoch.flatten(0, 1)  # sg(posterior)
+    horizon = m.config.imag_horizon
     step = maybe_compiled(imagine_step, m.config.compile)
-    feats, actions = [], []
-    for t in range(m.config.imag_horizon):
-        feat, action, deter, stoch = step(m, deter, stoch, noise.action[t], noise.latent[t])
-        feats.append(feat)
+    # Each state is written once, into its row of the rollout: no stacking afterwards.
+    feats = deter.new_empty(horizon + 1, *deter.shape[:-1], deter.shape[-1] + stoch.shape[-1])
+    torch.cat([deter, stoch], -1, out=feats[0])
+    actions = []
+    for t in range(horizon):
+        action, deter, stoch = step(m, feats[t], deter, stoch, noise.action[t], noise.latent[t])
+        torch.cat([deter, stoch], -1, out=feats[t + 1])
         actions.append(action)
-    feats.append(torch.cat([deter, stoch], -1))
-    return torch.stack(feats), torch.stack(actions)
+    return feats, torch.stack(actions)
 
 
 def imagine_step(
-    m: Nets, deter: Tensor, stoch: Tensor, action_noise: Tensor, latent_noise: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One imagined step: ``feat = (h, z)``, the actor's action in it, and the next ``(h, z)``.
+    m: Nets, feat: Tensor, deter: Tensor, stoch: Tensor, action_noise: Tensor,
+    latent_noise: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One imagined step from ``feat = (h, z)``: the actor's action and the next ``(h, z)``.
 
     Reference ``RSSM.imagine`` with the policy of ``imag_loss``.
     """
-    feat = torch.cat([deter, stoch], -1)
     action = m.actor.sample(m.actor(feat), noise=action_noise)
     deter, stoch = m.rssm.img_step((deter, stoch), action, latent_noise)
-    return feat, action, deter, stoch
+    return action, deter, stoch
 
 
 # -- 3. behaviour --------------------------------------------------------------------------------
