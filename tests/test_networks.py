@@ -23,6 +23,8 @@ from physlink_gym.agents.dreamerv3.networks import (
     Encoder,
     MLPHead,
     RMSNorm,
+    TwoHotHead,
+    fused_heads,
     linear,
 )
 from physlink_gym.agents.dreamerv3.rssm import RSSM, BlockGRU, sample_latent
@@ -134,6 +136,34 @@ def test_block_gru_recurrence_is_block_diagonal() -> None:
     off_diagonal = blocks - torch.diag(torch.diagonal(blocks))
     assert torch.all(torch.diagonal(blocks) > 0)
     assert torch.equal(off_diagonal, torch.zeros_like(off_diagonal))
+
+
+def test_fused_heads_equal_the_heads_one_by_one() -> None:
+    torch.manual_seed(0)
+    heads = [
+        TwoHotHead(12, 8, 2, 255),  # padded logits
+        Actor(make_config("debug", units=8, deter=8, stoch=1), action_dim=2, discrete=False),
+        MLPHead(12, 8, 0, 1),  # no MLP layer: runs on its own
+        MLPHead(12, 6, 1, 3),  # another width
+    ]
+    for head in heads:  # away from the zero init of the output layers
+        for p in head.parameters():
+            p.data.normal_(0.0, 0.5)
+    x = torch.randn(5, 7, 12)
+    fused = fused_heads(heads, x)
+    alone = [head(x) for head in heads]
+    for a, b in zip(fused, alone, strict=True):
+        assert a.shape == b.shape and a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Each head's weights get the gradient they get alone, and only from their own output.
+    grads_fused = torch.autograd.grad(fused[0].sum() + fused[3].square().sum(),
+                                      [heads[0].mlp[0].weight, heads[3].mlp[0].weight,
+                                       heads[1].mlp[0].weight], allow_unused=True)
+    grads_alone = torch.autograd.grad(alone[0].sum() + alone[3].square().sum(),
+                                      [heads[0].mlp[0].weight, heads[3].mlp[0].weight])
+    torch.testing.assert_close(grads_fused[0], grads_alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads_fused[1], grads_alone[1], rtol=1e-5, atol=1e-5)
+    assert grads_fused[2] is None or torch.equal(grads_fused[2], torch.zeros_like(grads_fused[2]))
 
 
 def test_action_is_scaled_to_unit_magnitude() -> None:

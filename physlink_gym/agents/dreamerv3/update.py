@@ -45,7 +45,7 @@ from physlink_gym.agents.dreamerv3.distributions import (
     twohot_mean_from_probs,
     twohot_weights,
 )
-from physlink_gym.agents.dreamerv3.networks import Actor, MLPHead
+from physlink_gym.agents.dreamerv3.networks import Actor, MLPHead, fused_heads
 from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
 from physlink_gym.agents.dreamerv3.optim import LaProp
 from physlink_gym.agents.dreamerv3.physics import one_step_physics_loss
@@ -333,16 +333,20 @@ def behaviour_loss(
     """
     cfg = m.config
     start_w = valid.reshape(1, -1)  # [1, N]
-    value_logits = m.critic(feats[:-1])  # [H, N, K]: the critic's only forward with gradient
+    # The heads read the same states: their first layers run as one product per gradient
+    # mode (the last state's critic value only bootstraps; the actor's is unused).
+    critic_out, actor_out = fused_heads([m.critic, m.actor], feats)  # with gradient
+    value_logits = critic_out[:-1]  # [H, N, K]: the critic's loss logits
     with torch.no_grad():
-        reward = _decode(m, m.reward_head(feats[1:]))  # [H, N]: entering states 1..H
-        cont = torch.sigmoid(m.cont_head(feats).squeeze(-1))  # [H+1, N]: reference `con.prob(1)`
+        heads = [m.reward_head, m.cont_head, m.slow_critic]
+        reward_out, cont_out, slow_out = fused_heads(heads, feats)
+        reward = _decode(m, reward_out[1:])  # [H, N]: entering states 1..H
+        cont = torch.sigmoid(cont_out.squeeze(-1))  # [H+1, N]: reference `con.prob(1)`
         value_logp = F.log_softmax(value_logits.detach(), -1)  # shared by value and loss
         value = torch.cat(
-            [_decode(m, value_logp, normalized=True), _decode(m, m.critic(feats[-1:]))]
+            [_decode(m, value_logp, normalized=True), _decode(m, critic_out[-1:].detach())]
         )  # [H+1, N]
-        slow_feats = feats if cfg.slow_target else feats[:-1]
-        slow = _decode(m, m.slow_critic(slow_feats))
+        slow = _decode(m, slow_out if cfg.slow_target else slow_out[:-1])
         tarval = slow if cfg.slow_target else value
         # contdisc: the continue head already holds the discount (reference `imag_loss`).
         disc = 1.0 if cfg.contdisc else cfg.discount
@@ -351,7 +355,7 @@ def behaviour_loss(
         retnorm = m.retnorm.updated(ret, start_w)
         scale = m.retnorm.scale(retnorm)
         adv = (ret - tarval[:-1]) / scale
-    logp, ent = m.actor.log_prob_entropy(m.actor(feats[:-1]), actions)  # [H, N]
+    logp, ent = m.actor.log_prob_entropy(actor_out[:-1], actions)  # [H, N]
     # reinforce_actor_loss averages over all N*H entries; rescale to a mean over valid starts.
     n_valid = valid.sum().clamp(min=1.0)
     policy = reinforce_actor_loss(logp, ent, adv, weight[:-1], cfg.actent)
