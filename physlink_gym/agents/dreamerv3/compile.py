@@ -27,12 +27,24 @@ __all__ = ["maybe_compiled", "train_step_graph"]
 _LOG = logging.getLogger(__name__)
 
 
+# Inductor options per device type. On a CPU the generated wrapper that calls the kernels is
+# C++ instead of Python: each of the 128 compiled scan steps of an update costs about a
+# quarter less (debug preset: 109 -> 79 us forward, 89 -> 64 us backward, kernels included;
+# whole updates 3-9% faster at debug, about 2% at 1m; the same cold-cache compile time).
+_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp_wrapper": True}}
+
+
 class _Compiled:
-    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling or running fails."""
+    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling or running fails.
+
+    One compiled function per device type (that of the first tensor argument), each with
+    that device's :data:`_OPTIONS`.
+    """
 
     def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
         self.fn = fn
-        self.compiled = torch.compile(fn, dynamic=False, **options)
+        self.options = options
+        self.compiled: dict[str, Callable[..., Any]] = {}
         self.failed = False
         self.announced = False
 
@@ -41,8 +53,13 @@ class _Compiled:
             if not self.announced:
                 self.announced = True
                 _LOG.debug("torch.compile of %s: its first call compiles it", self.fn.__name__)
+            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             try:
-                return self.compiled(*args, **kwargs)
+                if device not in self.compiled:
+                    self.compiled[device] = torch.compile(
+                        self.fn, dynamic=False, options=_OPTIONS.get(device), **self.options
+                    )
+                return self.compiled[device](*args, **kwargs)
             except Exception as exc:  # any compiler failure: run eagerly from now on
                 self.failed = True
                 warnings.warn(
