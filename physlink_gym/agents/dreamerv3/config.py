@@ -133,10 +133,10 @@ class DreamerV3Config:
     # float32 in every mode (reference `outs.py`: f32(logits))
     compile: bool = False  # torch.compile the scan steps, one imagination step and the
     # behaviour losses (no reference counterpart; the reference jit-compiles everything).
-    # Measured in-process A/B on 2 CPU cores: -10 to -25% per update at small and 1m, -6% at
-    # 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold); off by
-    # default for short and first runs. Falls back to eager, with a warning, where compiling
-    # fails. See docs/benchmarks/speed.md.
+    # Measured on 2 cores of an AVX-512 CPU: -25% per update at small and 1m, -31% at debug,
+    # -8% at 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold); off
+    # by default for short and first runs. Falls back to eager, with a warning, where
+    # compiling fails. See docs/benchmarks/speed.md.
     physics_weight: float = 0.0  # no reference counterpart (opt-in): weight of the soft,
     # differentiable invariants' residual excess on the model's one-step predictions in the
     # world-model loss (physics.py; measured in docs/imagination.md)
