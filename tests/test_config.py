@@ -103,6 +103,8 @@ def test_unknown_override_lists_fields() -> None:
         {"retnorm_low": 96.0},
         {"compute_dtype": "float16"},
         {"lr": 0.0},
+        {"compile": "yes"},
+        {"compile": 1},
     ],
 )
 def test_invalid_values_raise(bad: dict[str, object]) -> None:

@@ -16,6 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from physlink_gym import DreamerV3, InvariantWrapper, PhysLinkError, invariants
+from physlink_gym.data import record_trajectories
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
 
 FAST = dict(preset="debug", learning_starts=32, batch_size=4, sequence_length=16, train_ratio=32,
@@ -70,6 +71,45 @@ def test_callback_returning_false_stops_after_that_step():
 
     model.learn(100, callback=stop_at_7)
     assert model.num_timesteps == 7
+
+
+def test_auto_compile_decides_by_planned_updates_device_and_compiler(monkeypatch):
+    from physlink_gym.agents.dreamerv3 import compile as compile_module
+
+    cpu, many = torch.device("cpu"), compile_module.AUTO_COMPILE_UPDATES
+    monkeypatch.setattr(compile_module, "_has_cxx", lambda: True)
+    assert compile_module.auto_compile(many, cpu)
+    assert not compile_module.auto_compile(many - 1, cpu)
+    assert not compile_module.auto_compile(many, torch.device("meta"))  # accelerators: not unasked
+    monkeypatch.setattr(compile_module, "_has_cxx", lambda: False)
+    assert not compile_module.auto_compile(10 * many, cpu)
+
+
+@pytest.mark.parametrize("setting", ["auto", False, True])
+def test_learn_and_fit_plan_compile_from_their_updates(setting, monkeypatch):
+    # learn(total) owes (total - learning_starts) * train_ratio / (batch * length) updates;
+    # fit(trajectories, n) n. "auto" decides from them; True and False are kept.
+    from physlink_gym.agents.dreamerv3 import algorithm as algorithm_module
+
+    asked = []
+    monkeypatch.setattr(algorithm_module, "auto_compile",
+                        lambda updates, device: asked.append(updates) or updates >= 1000)
+    model = make_model(policy_kwargs={"compile": setting})
+    assert model.policy.learner.compiled is (setting is True)
+    model.learn(32 + 8 * 2000, callback=lambda locals_, globals_: False)  # stops at step 1
+    # FAST: train_ratio 32 over 4 x 16 windows, so 16,000 steps after learning_starts owe
+    # 8,000 updates; the callback stops the run before any.
+    assert model.num_timesteps == 1
+    expected = setting if setting != "auto" else True
+    assert model.policy.learner.compiled is expected
+    assert model.policy.learner.rssm.compiled is expected
+    model.learn(32 + 8 * 100, callback=lambda locals_, globals_: False)  # 400: eager again
+    assert model.policy.learner.compiled is (setting is True if setting != "auto" else False)
+    data = record_trajectories(gym.make("Pendulum-v1", max_episode_steps=40), n_episodes=1,
+                               seed=0)
+    model.fit(data, gradient_steps=0)  # plans too (0 updates: nothing compiles here)
+    assert asked == ([8000, 400, 0] if setting == "auto" else [])
+    assert model.policy.learner.compiled is (setting is True)
 
 
 def test_training_runs_updates_by_train_ratio_and_logs_finite_losses(tmp_path):

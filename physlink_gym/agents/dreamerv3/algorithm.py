@@ -39,6 +39,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import safe_mean
 
 from physlink_gym.agents.dreamerv3 import distributed, offline, persistence
+from physlink_gym.agents.dreamerv3.compile import auto_compile
 from physlink_gym.agents.dreamerv3.config import (
     DreamerV3Config,
     make_config,
@@ -321,6 +322,11 @@ class DreamerV3(BaseAlgorithm):
         add_invariant_layout(self.logger)
         self._bind_physics()
         self._warn_if_no_update(total_timesteps)
+        config = self.config
+        self.plan_compile(  # the updates this call owes at train_ratio, after learning_starts
+            int(max(total_timesteps - max(self.num_timesteps, self.learning_starts), 0)
+                * config.train_ratio / (config.batch_size * config.batch_length))
+        )
         callback.on_training_start(locals(), globals())
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -330,6 +336,23 @@ class DreamerV3(BaseAlgorithm):
             self.dump_logs()  # flush the last window
         callback.on_training_end()
         return self
+
+    def plan_compile(self, updates: int) -> None:
+        """With ``compile="auto"``, compile the update when ``updates`` make it pay off.
+
+        :func:`~physlink_gym.agents.dreamerv3.compile.auto_compile` decides (a CPU with a C++
+        compiler and at least ``AUTO_COMPILE_UPDATES`` updates); ``compile=True`` or ``False``
+        are kept as they are. Called by :meth:`learn` and :meth:`fit` with the updates they
+        plan.
+        """
+        if self.config.compile != "auto":
+            return
+        learner = self.policy.learner
+        on = auto_compile(updates, learner.device)
+        if on != learner.compiled:
+            _LOG.info("compile='auto': %s for %d planned updates", "compiling" if on
+                      else "eager", updates)
+        learner.set_compiled(on)
 
     def _warn_if_no_update(self, total_timesteps: int) -> None:
         if total_timesteps <= self.learning_starts and not self._warned_no_update:
@@ -428,7 +451,7 @@ class DreamerV3(BaseAlgorithm):
             if self._n_updates == 0 and self.verbose >= 1:
                 first = time.perf_counter() - start
                 _LOG.info("first update: %.1f s (%s, batch %d x %d)", first,
-                          "compiled" if self.config.compile else "eager", batch, length)
+                          "compiled" if self.policy.learner.compiled else "eager", batch, length)
         elapsed = time.perf_counter() - start
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

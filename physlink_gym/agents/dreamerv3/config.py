@@ -131,11 +131,13 @@ class DreamerV3Config:
     # imagined states), float32 for the world model and for acting: with AMX about even at
     # small, 1.1x (eager) to 1.3x (compiled) faster at 1m, 1.6x at 12m. Head outputs are
     # float32 in every mode (reference `outs.py`: f32(logits))
-    compile: bool = False  # torch.compile the scan steps, one imagination step and the
-    # behaviour losses (no reference counterpart; the reference jit-compiles everything).
+    compile: bool | str = "auto"  # torch.compile the scan steps, one imagination step and
+    # the behaviour losses (no reference counterpart; the reference jit-compiles everything).
     # Measured on 2 cores of an AVX-512 CPU: -25% per update at small and 1m, -31% at debug,
-    # -8% at 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold); off
-    # by default for short and first runs. Falls back to eager, with a warning, where
+    # -8% at 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold).
+    # "auto": compiled when a learn() or fit() call plans at least
+    # compile.AUTO_COMPILE_UPDATES updates on a CPU with a C++ compiler, so that short and
+    # first runs never wait; True/False force it. Falls back to eager, with a warning, where
     # compiling fails. See docs/benchmarks/speed.md.
     physics_weight: float = 0.0  # no reference counterpart (opt-in): weight of the soft,
     # differentiable invariants' residual excess on the model's one-step predictions in the
@@ -324,5 +326,7 @@ def _validate(cfg: DreamerV3Config) -> None:
         _fail("actor_minstd", cfg.actor_minstd, f"0 < actor_minstd <= {cfg.actor_maxstd}")
     if not 0.0 <= cfg.retnorm_low < cfg.retnorm_high <= 100.0:
         _fail("retnorm_low", cfg.retnorm_low, "0 <= retnorm_low < retnorm_high <= 100")
+    if not (isinstance(cfg.compile, bool) or cfg.compile == "auto"):
+        _fail("compile", cfg.compile, "True, False or 'auto'")
     if cfg.compute_dtype not in ("float32", "bfloat16", "mixed"):
         _fail("compute_dtype", cfg.compute_dtype, "'float32', 'bfloat16' or 'mixed'")

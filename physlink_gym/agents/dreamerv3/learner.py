@@ -104,6 +104,11 @@ class DreamerV3Learner(nn.Module):
         self.optimizer.init_state()
         if self.device.type == "cpu":
             tune_allocator()
+        self.compiled = cfg.compile is True  # "auto": decided per run, set_compiled
+
+    def set_compiled(self, on: bool) -> None:
+        """Run the update's compiled pieces (:mod:`.compile`) from now on, or eagerly."""
+        self.compiled = self.rssm.compiled = bool(on)
 
     @property
     def device(self) -> torch.device:

@@ -187,7 +187,8 @@ class RSSM(nn.Module):
         self.latents, self.classes, self.unimix = cfg.stoch, cfg.classes, cfg.unimix
         # The reference's layer counts have a fused scan with its own backward pass.
         self.fused = cfg.obs_layers == 1 and cfg.dyn_layers == 1
-        self.compiled = cfg.compile  # the fused scan's step functions run compiled
+        # The fused scan's step functions run compiled ("auto": the learner decides per run).
+        self.compiled = cfg.compile is True
         self.core = BlockGRU(cfg, action_dim)
         # Posterior: obslayers x (Linear -> norm -> act) on concat(h, embed), then the logits.
         # The first layer is split into its h and embed parts so the embed part runs batched.

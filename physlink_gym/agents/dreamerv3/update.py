@@ -88,6 +88,9 @@ class Nets(Protocol):
     def config(self) -> DreamerV3Config: ...
 
     @property
+    def compiled(self) -> bool: ...  # run the compiled pieces (compile.py)
+
+    @property
     def encoder(self) -> nn.Module: ...
 
     @property
@@ -201,7 +204,7 @@ def compute_losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metr
 def _losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metrics, Metrics, Tensor]:
     """:func:`compute_losses` and the return normaliser's new statistics (not yet stored)."""
     losses, metrics, post, feat = world_model_loss(m, data, noise.post)
-    behaviour = maybe_compiled(behaviour_loss, m.config.compile)
+    behaviour = maybe_compiled(behaviour_loss, m.compiled)
     with _imagined_autocast(m, feat.device):
         feats, actions = imagine(m, post, noise)
         beh_losses, beh_metrics, ret, retnorm = behaviour(m, feats, actions, data["valid"])
@@ -283,7 +286,7 @@ def imagine(m: Nets, post: Posterior, noise: Noise) -> tuple[Tensor, Tensor]:
     """
     deter, stoch = post.deter.flatten(0, 1), post.stoch.flatten(0, 1)  # sg(posterior)
     horizon = m.config.imag_horizon
-    step = maybe_compiled(imagine_step, m.config.compile)
+    step = maybe_compiled(imagine_step, m.compiled)
     # Each state is written once, into its row of the rollout: no stacking afterwards.
     feats = deter.new_empty(horizon + 1, *deter.shape[:-1], deter.shape[-1] + stoch.shape[-1])
     torch.cat([deter, stoch], -1, out=feats[0])
