@@ -323,7 +323,7 @@ class DreamerV3(BaseAlgorithm):
         self._bind_physics()
         self._warn_if_no_update(total_timesteps)
         config = self.config
-        self.plan_compile(  # the updates this call owes at train_ratio, after learning_starts
+        self._plan_compile(  # the updates this call owes at train_ratio, after learning_starts
             int(max(total_timesteps - max(self.num_timesteps, self.learning_starts), 0)
                 * config.train_ratio / (config.batch_size * config.batch_length))
         )
@@ -337,7 +337,7 @@ class DreamerV3(BaseAlgorithm):
         callback.on_training_end()
         return self
 
-    def plan_compile(self, updates: int) -> None:
+    def _plan_compile(self, updates: int) -> None:
         """With ``compile="auto"``, compile the update when ``updates`` make it pay off.
 
         :func:`~physlink_gym.agents.dreamerv3.compile.auto_compile` decides (a CPU with a C++

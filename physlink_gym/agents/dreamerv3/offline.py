@@ -93,7 +93,7 @@ def fit(
         model._logger = configure_logger(
             model.verbose, model.tensorboard_log, tb_log_name, reset_num_timesteps=True
         )
-    model.plan_compile(gradient_steps)
+    model._plan_compile(gradient_steps)
     bar = ProgressBar(total=gradient_steps, desc="fit") if progress_bar else None
     if bar is not None:  # the same bar as learn(progress_bar=True), counting updates
         bar.init_callback(model)
