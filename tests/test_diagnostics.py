@@ -23,7 +23,7 @@ from physlink_gym.diagnostics import (
     installed_version,
 )
 
-NAMES = ["python", "torch", "cuda", "cpu", "gymnasium", "stable-baselines3", "safetensors",
+NAMES = ["python", "torch", "cuda", "cpu", "c++", "gymnasium", "stable-baselines3", "safetensors",
          "mujoco", "tensorboard"]  # fmt: skip
 
 
@@ -244,3 +244,16 @@ def test_doctor_prints_plain_table_without_rich(no_rich, no_torch, capsys):
     assert "torch" in out and "FAIL" in out and "fix: pip install torch" in out
     assert out.strip().splitlines()[-1] == report.summary()
     assert "Verdict: NO-GO" in out
+
+
+def test_doctor_without_a_cxx_compiler_warns_and_stays_go(monkeypatch):
+    from physlink_gym.agents.dreamerv3 import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "cxx_compiler", lambda: None)
+    report = doctor(print_table=False)
+    row = {c.name: c for c in report.checks}["c++"]
+    assert row.status == "WARN" and "eagerly" in row.detail and "g++" in row.fix
+    assert report.verdict == "GO"
+    monkeypatch.setattr(compile_module, "cxx_compiler", lambda: "/opt/bin/c++")
+    row = {c.name: c for c in doctor(print_table=False).checks}["c++"]
+    assert row.status == "OK" and row.detail.startswith("/opt/bin/c++")

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["AUTO_COMPILE_UPDATES", "auto_compile", "maybe_compiled", "train_step_graph"]
+__all__ = [
+    "AUTO_COMPILE_UPDATES", "auto_compile", "cxx_compiler", "maybe_compiled", "train_step_graph",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,15 +49,19 @@ def auto_compile(updates: int, device: torch.device) -> bool:
     return device.type == "cpu" and updates >= AUTO_COMPILE_UPDATES and _has_cxx()
 
 
-@functools.cache
 def _has_cxx() -> bool:
-    """Whether the C++ compiler inductor would call is installed."""
+    return cxx_compiler() is not None
+
+
+@functools.cache
+def cxx_compiler() -> str | None:
+    """Path of the C++ compiler inductor would call, or None when it is not installed."""
     try:
         from torch._inductor import cpp_builder
 
-        return shutil.which(cpp_builder.get_cpp_compiler()) is not None
+        return shutil.which(cpp_builder.get_cpp_compiler())
     except Exception:  # an unusual toolchain setup: do not compile unasked
-        return False
+        return None
 
 
 # Inductor options per device type. On a CPU the generated wrapper that calls the kernels is
