@@ -34,7 +34,7 @@ _LOG = logging.getLogger(__name__)
 # With compile="auto", a learn() or fit() call compiles when it plans at least this many
 # updates. Compiling costs 30-65 s with a cold inductor cache (5-10 s warm) and saves about a
 # quarter of each update on a CPU (0.045 s at `small`, 0.09 s at `1m` on an AVX-512 CPU, more
-# on slower ones): it pays for itself after 500-1,400 updates; 2,000 leaves a margin. README
+# on slower ones): it pays for itself after 350-1,450 updates; 2,000 leaves a margin. README
 # command 1 (1,122 updates) stays eager.
 AUTO_COMPILE_UPDATES = 2000
 
@@ -44,7 +44,7 @@ def auto_compile(updates: int, device: torch.device) -> bool:
 
     Compiled on a CPU with a C++ compiler on the ``PATH`` and at least
     :data:`AUTO_COMPILE_UPDATES` updates; eager otherwise (on accelerators the partial compile
-    was not measured: set ``compile=True`` there, or use :func:`train_step_graph`).
+    was not measured: set ``compile=True`` there to try it).
     """
     return device.type == "cpu" and updates >= AUTO_COMPILE_UPDATES and _has_cxx()
 
