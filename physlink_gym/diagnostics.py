@@ -33,6 +33,7 @@ from packaging.version import InvalidVersion, Version
 __all__ = [
     "Check",
     "DoctorReport",
+    "check_compiler",
     "check_cpu",
     "check_cuda",
     "check_package",
@@ -271,13 +272,13 @@ def check_cpu(info: dict[str, Any]) -> Check:
     return Check("cpu", "OK", "; ".join(parts), fix=fix)
 
 
-def check_compiler(path: str | None, updates: int = 2000) -> Check:
+def check_compiler(path: str | None, updates: int) -> Check:
     """The C++ compiler ``torch.compile`` needs on a CPU: without one DreamerV3 stays eager.
 
     Example:
-        >>> check_compiler("/usr/bin/g++").detail
+        >>> check_compiler("/usr/bin/g++", 2000).detail
         '/usr/bin/g++: runs of 2000+ updates compile (compile="auto")'
-        >>> check_compiler(None).status
+        >>> check_compiler(None, 2000).status
         'WARN'
     """
     if path is not None:

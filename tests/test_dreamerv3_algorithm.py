@@ -77,11 +77,11 @@ def test_auto_compile_decides_by_planned_updates_device_and_compiler(monkeypatch
     from physlink_gym.agents.dreamerv3 import compile as compile_module
 
     cpu, many = torch.device("cpu"), compile_module.AUTO_COMPILE_UPDATES
-    monkeypatch.setattr(compile_module, "_has_cxx", lambda: True)
+    monkeypatch.setattr(compile_module, "cxx_compiler", lambda: "/usr/bin/g++")
     assert compile_module.auto_compile(many, cpu)
     assert not compile_module.auto_compile(many - 1, cpu)
     assert not compile_module.auto_compile(many, torch.device("meta"))  # accelerators: not unasked
-    monkeypatch.setattr(compile_module, "_has_cxx", lambda: False)
+    monkeypatch.setattr(compile_module, "cxx_compiler", lambda: None)
     assert not compile_module.auto_compile(10 * many, cpu)
 
 

@@ -322,11 +322,9 @@ class DreamerV3(BaseAlgorithm):
         add_invariant_layout(self.logger)
         self._bind_physics()
         self._warn_if_no_update(total_timesteps)
-        config = self.config
-        self._plan_compile(  # the updates this call owes at train_ratio, after learning_starts
-            int(max(total_timesteps - max(self.num_timesteps, self.learning_starts), 0)
-                * config.train_ratio / (config.batch_size * config.batch_length))
-        )
+        # The updates this call owes: its env steps after learning_starts, at train_ratio.
+        steps = max(total_timesteps - max(self.num_timesteps, self.learning_starts), 0)
+        self._plan_compile(int(steps * self._updates_per_env_step()))
         callback.on_training_start(locals(), globals())
         assert self.env is not None
         while self.num_timesteps < total_timesteps:
@@ -416,6 +414,11 @@ class DreamerV3(BaseAlgorithm):
         callback.on_rollout_end()
         return bool(keep_going)
 
+    def _updates_per_env_step(self) -> float:
+        """``train_ratio`` replayed steps per env step, in updates of ``batch x length`` steps."""
+        config = self.config
+        return config.train_ratio / (config.batch_size * config.batch_length)
+
     def _updates_due(self) -> int:
         """Updates owed so that replayed steps / env steps stays at ``train_ratio``."""
         assert self.env is not None and self.replay_buffer is not None
@@ -424,9 +427,7 @@ class DreamerV3(BaseAlgorithm):
             return 0
         if not self.replay_buffer.can_sample(config.batch_length):
             return 0
-        self._update_credit += self.env.num_envs * config.train_ratio / (
-            config.batch_size * config.batch_length
-        )
+        self._update_credit += self.env.num_envs * self._updates_per_env_step()
         due = int(self._update_credit)
         self._update_credit -= due
         return due

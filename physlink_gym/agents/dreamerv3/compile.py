@@ -46,11 +46,7 @@ def auto_compile(updates: int, device: torch.device) -> bool:
     :data:`AUTO_COMPILE_UPDATES` updates; eager otherwise (on accelerators the partial compile
     was not measured: set ``compile=True`` there to try it).
     """
-    return device.type == "cpu" and updates >= AUTO_COMPILE_UPDATES and _has_cxx()
-
-
-def _has_cxx() -> bool:
-    return cxx_compiler() is not None
+    return device.type == "cpu" and updates >= AUTO_COMPILE_UPDATES and cxx_compiler() is not None
 
 
 @functools.cache

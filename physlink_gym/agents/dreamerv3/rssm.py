@@ -99,12 +99,7 @@ class BlockGRU(nn.Module):
         # Gates per group, computed and combined group-major to avoid layout copies.
         bias = self.gates.bias.view(g, 1, 3 * dg)
         gates = torch.baddbmm(bias, y.view(n, g, dg).transpose(0, 1), self.gates.weight)
-        reset, cand, update = gates.chunk(3, -1)  # each [g, N, D/g]
-        cand = torch.tanh(torch.sigmoid(reset) * cand)
-        update = torch.sigmoid(update - 1.0)
-        dtype = deter_g.dtype  # under bfloat16 autocast the gates come back in bfloat16
-        new = torch.lerp(deter_g, cand.to(dtype), update.to(dtype))  # u * cand + (1 - u) * h
-        return new.transpose(0, 1).reshape(n, d)
+        return _gru_update(gates, deter_g).transpose(0, 1).reshape(n, d)
 
     def _compiled_core(self, x: Tensor, deter: Tensor) -> Tensor:
         """:meth:`forward` after ``x``, in the form inductor compiles best for a CPU.
@@ -112,8 +107,8 @@ class BlockGRU(nn.Module):
         Eagerly the group-major gates and ``baddbmm`` avoid layout copies; compiled, the
         group-major elementwise part became three passes and ``baddbmm`` first copied its
         bias into every output row. Here the products are read sample-major, the biases join
-        the elementwise kernel, and ``tanh(x) = 2 sigmoid(2x) - 1`` (inductor's vectorised CPU
-        tanh costs about three of its exps). Imagination runs this over all ``N`` imagined
+        the elementwise kernel (:func:`_gru_update` takes tanh through sigmoid when compiled
+        for a CPU). Imagination runs this over all ``N`` imagined
         states: about 6% of a compiled ``1m`` update (docs/benchmarks/speed.md).
         """
         n, d = deter.shape
@@ -125,16 +120,26 @@ class BlockGRU(nn.Module):
             y = layer(y)
         gates = torch.bmm(y.view(n, g, dg).transpose(0, 1), self.gates.weight).transpose(0, 1)
         gates = gates + self.gates.bias.view(g, 3 * dg)  # [N, g, 3 D/g]
-        reset, cand, update = gates.chunk(3, -1)
-        cand = torch.sigmoid(reset) * cand
-        if cand.device.type == "cpu":  # tanh(x) = 2 sigmoid(2x) - 1, to within 1.2e-7
-            cand = 2.0 * torch.sigmoid(2.0 * cand) - 1.0  # inductor's CPU tanh costs 3x exp
-        else:
-            cand = torch.tanh(cand)
-        update = torch.sigmoid(update - 1.0)
-        dtype = deter.dtype
-        new = torch.lerp(deter.view(n, g, dg), cand.to(dtype), update.to(dtype))
-        return new.reshape(n, d)
+        return _gru_update(gates, deter.view(n, g, dg)).reshape(n, d)
+
+
+def _gru_update(gates: Tensor, h: Tensor) -> Tensor:
+    """``h' = u * tanh(r * c) + (1 - u) * h`` from ``gates = (r, c, u)`` per group, any layout.
+
+    ``gates`` [..., 3 D/g] and ``h`` [..., D/g] share their leading layout (group-major eagerly,
+    sample-major compiled). Compiled for a CPU, ``tanh(x)`` is taken as ``2 sigmoid(2x) - 1``
+    (equal to within 1.2e-7): inductor's vectorised CPU tanh costs about three of its exps,
+    while eager tanh is a fast library call.
+    """
+    reset, cand, update = gates.chunk(3, -1)
+    cand = torch.sigmoid(reset) * cand
+    if torch.compiler.is_compiling() and cand.device.type == "cpu":
+        cand = 2.0 * torch.sigmoid(2.0 * cand) - 1.0
+    else:
+        cand = torch.tanh(cand)
+    update = torch.sigmoid(update - 1.0)
+    # Under bfloat16 autocast the gates come back in bfloat16; the state keeps its dtype.
+    return torch.lerp(h, cand.to(h.dtype), update.to(h.dtype))  # u * cand + (1 - u) * h
 
 
 class Posterior(NamedTuple):
