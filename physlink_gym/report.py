@@ -27,6 +27,10 @@ import numpy as np
 
 from physlink_gym.errors import ValidationError
 
+#: The largest report JSON :meth:`ComplianceReport.from_json` reads: per-invariant counts and
+#: residual histograms take kilobytes; this leaves room for thousands of invariants.
+MAX_REPORT_BYTES = 64 << 20
+
 __all__ = [
     "MAX_KEPT_EPISODES",
     "MAX_KEPT_VIOLATIONS",
@@ -294,8 +298,26 @@ class ComplianceReport:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ComplianceReport:
-        """Read a report written by :meth:`export`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a report written by :meth:`export`.
+
+        Only a regular file of at most :data:`MAX_REPORT_BYTES` is read (a device, a pipe or
+        a link to ``/dev/zero`` would be read forever).
+
+        Raises:
+            CheckpointCorruptError: for anything else.
+        """
+        from physlink_gym._files import check_regular_file, corrupt
+
+        size = check_regular_file(path)
+        if size > MAX_REPORT_BYTES:
+            raise corrupt(path, f"{size:,} bytes, more than a report holds",
+                          expected=f"a report JSON of at most {MAX_REPORT_BYTES:,} bytes")
+        with open(path, "rb") as fh:  # read no further than the size checked, whatever grows
+            raw = fh.read(MAX_REPORT_BYTES + 1)
+        if len(raw) > MAX_REPORT_BYTES:
+            raise corrupt(path, "a file that grew past the size a report holds",
+                          expected=f"a report JSON of at most {MAX_REPORT_BYTES:,} bytes")
+        return cls.from_dict(json.loads(raw.decode("utf-8")))
 
     def plot(self, path: str | Path | None = None) -> Any:
         """Residual histograms (log axis) with a dashed line at each tolerance; returns the Figure.

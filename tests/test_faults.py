@@ -101,6 +101,36 @@ def test_metadata_of_the_wrong_type_is_refused(ckpt: Path, tmp_path: Path, field
     assert "Got:" in str(info.value) and "Fix:" in str(info.value)
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("_setup_model", 1), ("env", "Pendulum-v1"), ("policy", None), ("log_folder", "/tmp/x"),
+    ("__class__", "str"), ("_update_credit", 7.5), ("_current_progress_remaining", 3.0),
+    ("sde_sample_freq", -9), ("_warned_no_update", 1), ("start_time", -1.0),
+])
+def test_metadata_sets_only_the_fields_save_writes(ckpt: Path, tmp_path: Path, key: str,
+                                                   value: Any) -> None:
+    """A key save() never writes, or one out of its type or range, is refused by name; the
+    model is never built with it (it would replace a method or become an attribute)."""
+    meta = _meta(ckpt)
+    meta["data"][key] = value
+    bad = _rewrite(ckpt, tmp_path / "bad.zip", meta=meta)
+    with pytest.raises(CheckpointCorruptError, match=key):
+        DreamerV3.load(bad)
+
+
+def test_save_writes_only_the_fields_load_reads(tmp_path: Path) -> None:
+    model = DreamerV3("MlpPolicy", "Pendulum-v1", **TINY)
+    model.my_note = "kept in memory only"  # type: ignore[attr-defined]
+    model.save(tmp_path / "m.zip")
+    stored = set(_meta(tmp_path / "m.zip")["data"])
+    from physlink_gym.agents.dreamerv3.checkpoint_checks import DATA_KEYS
+
+    assert "my_note" not in stored and stored <= DATA_KEYS
+    assert {"num_timesteps", "seed", "preset", "config_overrides"} <= stored
+    with pytest.raises(ConfigurationError, match="my_note"):
+        model.save(tmp_path / "m2.zip", include=["my_note"])
+    assert not (tmp_path / "m2.zip").exists()
+
+
 def _params_tree(meta: dict[str, Any], key: str) -> Any:
     return next(v for k, v in meta["params"]["__dict__"] if k == key)
 
@@ -593,3 +623,23 @@ def test_fuzz_checkpoints_thousands(ckpt: Path, tmp_path: Path, data: st.DataObj
 def test_fuzz_replay_files_thousands(replay_file: Path, tmp_path: Path,
                                      data: st.DataObject) -> None:
     _replay_fuzz(replay_file, tmp_path, data)
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo", "huge"])
+def test_a_report_that_is_not_a_bounded_file_is_refused(tmp_path: Path, kind: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComplianceReport.from_json reads only a regular file of a report's size: a link to
+    /dev/zero or a FIFO would otherwise be read until memory runs out (or block forever)."""
+    from physlink_gym import report as report_module
+    from physlink_gym.report import ComplianceReport
+
+    path = tmp_path / "compliance.json"
+    if kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        monkeypatch.setattr(report_module, "MAX_REPORT_BYTES", 100)
+        path.write_text(json.dumps({"pad": "x" * 200}))
+    with pytest.raises(CheckpointCorruptError, match=r"compliance\.json"):
+        ComplianceReport.from_json(path)

@@ -20,36 +20,40 @@ import torch
 
 from physlink_gym.errors import CheckpointCorruptError, ConfigurationError
 
-__all__ = ["check_metadata", "check_optimizer", "check_policy", "check_resume"]
+__all__ = ["DATA_KEYS", "check_metadata", "check_optimizer", "check_policy", "check_resume"]
 
 _INT = "int"
 _NUM = "number"
-# Attributes DreamerV3.save() stores in "data", with their JSON types (None allowed where
-# listed) and lower bounds. Other keys are set as attributes, as SB3 does, if they are JSON
-# scalars.
-_DATA: dict[str, tuple[tuple[Any, ...], float | None]] = {
-    "preset": ((str,), None),
-    "config_overrides": ((dict,), None),
-    "policy_kwargs": ((dict, None), None),
-    "verbose": ((_INT,), 0),
-    "num_timesteps": ((_INT,), 0),
-    "_total_timesteps": ((_INT,), 0),
-    "_num_timesteps_at_start": ((_INT,), 0),
-    "seed": ((_INT, None), None),
-    "start_time": ((_NUM,), None),
-    "learning_rate": ((_NUM,), 0),
-    "tensorboard_log": ((str, None), None),
-    "_episode_num": ((_INT,), 0),
-    "use_sde": ((bool,), None),
-    "sde_sample_freq": ((_INT,), None),
-    "_current_progress_remaining": ((_NUM,), None),
-    "_stats_window_size": ((_INT,), 1),
-    "_n_updates": ((_INT,), 0),
-    "n_envs": ((_INT,), 1),
-    "learning_starts": ((_INT,), 0),
-    "buffer_size": ((_INT,), 1),
-    "_update_credit": ((_NUM,), None),
+# The attributes DreamerV3.save() stores in "data", and the only ones load() sets: their JSON
+# types (None where listed) and ranges ``(low, high)``, ``None`` for no bound. A key not listed
+# here is refused: a file sets only the fields its format defines (a key such as
+# "_setup_model" would otherwise replace a method).
+_DATA: dict[str, tuple[tuple[Any, ...], tuple[float | None, float | None]]] = {
+    "preset": ((str,), (None, None)),
+    "config_overrides": ((dict,), (None, None)),
+    "policy_kwargs": ((dict, None), (None, None)),
+    "verbose": ((_INT,), (0, None)),
+    "num_timesteps": ((_INT,), (0, None)),
+    "_total_timesteps": ((_INT,), (0, None)),
+    "_num_timesteps_at_start": ((_INT,), (0, None)),
+    "seed": ((_INT, None), (None, None)),
+    "start_time": ((_NUM,), (0, None)),
+    "learning_rate": ((_NUM,), (0, None)),
+    "tensorboard_log": ((str, None), (None, None)),
+    "_episode_num": ((_INT,), (0, None)),
+    "use_sde": ((bool,), (None, None)),
+    "sde_sample_freq": ((_INT,), (-1, None)),
+    "_current_progress_remaining": ((_NUM,), (None, 1.0)),
+    "_stats_window_size": ((_INT,), (1, None)),
+    "_n_updates": ((_INT,), (0, None)),
+    "n_envs": ((_INT,), (1, None)),
+    "learning_starts": ((_INT,), (0, None)),
+    "buffer_size": ((_INT,), (1, None)),
+    "_update_credit": ((_NUM,), (0, 1.0)),
+    "_warned_no_update": ((bool,), (None, None)),
 }
+#: The names save() may write (DreamerV3's ``include`` can name only these).
+DATA_KEYS = frozenset(_DATA)
 _LAPROP_GROUP = {"lr": _NUM, "eps": _NUM, "agc": _NUM, "agc_pmin": _NUM, "warmup": _INT}
 
 
@@ -92,13 +96,13 @@ def check_metadata(path: Any, metadata: Mapping[str, Any]) -> None:
         if key in metadata and not isinstance(metadata[key], dict):
             raise _corrupt(path, f"metadata[{key!r}] = {_short(metadata[key])}, not a dict")
     for key, value in metadata["data"].items():
-        if key in _DATA:
-            kinds, low = _DATA[key]
-            ok = _is(value, kinds)
-            if ok and low is not None and value is not None and not isinstance(value, str):
-                ok = value >= low
-        else:  # unknown keys become attributes: JSON scalars only
-            ok = value is None or isinstance(value, (bool, int, float, str))
+        if key not in _DATA:
+            raise _corrupt(path, f"data[{_short(key)}], a key DreamerV3.save() never writes "
+                           f"(it stores {sorted(_DATA)})")
+        kinds, (low, high) = _DATA[key]
+        ok = _is(value, kinds)
+        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = (low is None or value >= low) and (high is None or value <= high)
         if not ok:
             raise _corrupt(path, f"data[{key!r}] = {_short(value)}")
     overrides = metadata["data"].get("config_overrides") or {}

@@ -106,11 +106,21 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
 def _json_data(model: DreamerV3, exclude: Any, include: Any) -> dict[str, Any]:
     # SB3's rule: ``include`` wins over ``exclude`` (never over what JSON cannot hold); the
     # always-excluded names are SB3's own list, extended by DreamerV3._excluded_save_params.
+    # Only the attributes the format defines are written (checks.DATA_KEYS), and load() sets
+    # only those.
+    unknown = sorted(set(include or ()) - checks.DATA_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            got=f"save(include={sorted(include)!r}): {unknown} not stored by the format",
+            expected=f"names among {sorted(checks.DATA_KEYS)}",
+            fix="store other values next to the checkpoint yourself (e.g. a JSON file)",
+        )
     excluded = (set(exclude or ()) - set(include or ())) | set(model._excluded_save_params())
     data: dict[str, Any] = {}
-    for key, value in model.__dict__.items():
-        if key in excluded:
+    for key in sorted(checks.DATA_KEYS - excluded):
+        if key not in model.__dict__:
             continue
+        value = model.__dict__[key]
         try:
             json.dumps(value)
         except (TypeError, ValueError):
@@ -315,8 +325,9 @@ def load_model(
     data["preset"] = kwargs.pop("preset", data.get("preset", "1m"))
     model = cls(policy_class, env=env, device=device, preset=data["preset"],
                 policy_kwargs=data["config_overrides"], _init_setup_model=False)
-    model.__dict__.update(data)
-    model.__dict__.update(kwargs)
+    for key in checks.DATA_KEYS & data.keys():  # checked by check_metadata: nothing else
+        setattr(model, key, data[key])
+    model.__dict__.update(kwargs)  # the caller's own attributes, as SB3's load sets them
     # data-parallel: this rank's own seed (envs, replay draws), rank 0 alone logs
     model.rank, model.seed, model.tensorboard_log, model.verbose = distributed.per_rank(
         model.seed, model.tensorboard_log, model.verbose)
