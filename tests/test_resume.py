@@ -116,3 +116,26 @@ def test_sigkill_mid_run_leaves_loadable_checkpoints(tmp_path):
     assert len(model.replay_buffer) == last + 1 + last // 200  # one reset entry per episode
     model.learn(5, reset_num_timesteps=False)
     assert model.num_timesteps == last + 5
+
+
+def test_acting_without_mode_switches_takes_the_same_actions(monkeypatch):
+    """The collection loop sets the learner's train/eval mode only when it changes (setting it
+    walks every module); the actions, replay and weights equal those of a path that switches
+    the mode around every action."""
+    from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy
+
+    lean = DreamerV3("MlpPolicy", "Pendulum-v1", **RESUME).learn(48)
+    act = DreamerV3Policy.act
+    switches = []
+
+    def switching_act(self, *args, **kwargs):
+        self.learner.train()  # so that act() switches to eval mode, as it once did every step
+        switches.append(1)
+        return act(self, *args, **kwargs)
+
+    monkeypatch.setattr(DreamerV3Policy, "act", switching_act)
+    always = DreamerV3("MlpPolicy", "Pendulum-v1", **RESUME).learn(48)
+    assert len(switches) == 48
+    assert_same_state(lean, always)
+    for key, value in lean.replay_buffer.state_dict().items():
+        np.testing.assert_array_equal(value, always.replay_buffer.state_dict()[key], err_msg=key)

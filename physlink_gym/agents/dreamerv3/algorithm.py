@@ -442,7 +442,8 @@ class DreamerV3(BaseAlgorithm):
         assert self.replay_buffer is not None
         batch = batch_size or self.config.batch_size
         length = sequence_length or self.config.batch_length
-        self.policy.learner.train()
+        if not self.policy.learner.training:  # walks every module: only when it changes
+            self.policy.learner.train()
         self._update_learning_rate(self.policy.optimizer)
         start = time.perf_counter()
         for _ in range(gradient_steps):

@@ -138,7 +138,8 @@ class DreamerV3Policy(BasePolicy):
             self.nonfinite_obs += int(bad.sum())
         obs_t = torch.as_tensor(obs, device=self.device)
         first_t = torch.as_tensor(is_first, device=self.device)
-        self.learner.eval()
+        if self.learner.training:  # setting the mode walks every module: only when it changes
+            self.learner.eval()
         action, new_state = self.learner.policy_step(obs_t, state, first_t, deterministic)  # type: ignore[arg-type]
         return action.cpu().numpy(), tuple(new_state)
 
