@@ -140,6 +140,15 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
                                      expected="a list of Invariant objects",
                                      fix="pass [invariants.finite(), ...]")
         invariants = [_coerce_invariant(item) for item in invariants]
+        if isinstance(env, str):  # an env id, made as SB3 makes one for its algorithms
+            env = gym.make(env)
+        elif not isinstance(env, gym.Env):
+            raise ConfigurationError(
+                got=f"env={env!r} ({type(env).__name__})",
+                expected="a gymnasium.Env or a registered env id",
+                fix='pass InvariantWrapper(gym.make("Pendulum-v1"), [...]) or the id '
+                '"Pendulum-v1"; for a vector env use physlink_gym.vec.BatchedInvariantWrapper',
+            )
         # The spec records JSON-able descriptions, so env.spec.to_json() works and the wrapper
         # pickles after env.spec was read; gym.make(spec) rebuilds built-in invariants by name.
         gym.utils.RecordConstructorArgs.__init__(
@@ -244,7 +253,12 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
             for s in self._before:
                 if not s.state:
                     self._hook(s, s.before_step, action)
-        result = self.env.step(action)
+        try:
+            result = self.env.step(action)
+        except (TypeError, ValueError):
+            if np.asarray(action).dtype.kind not in "biuf":  # not a number: the caller's error
+                raise _bad_action(self.env, action) from None
+            raise
         try:
             obs, reward, terminated, truncated, info = result
         except (TypeError, ValueError):
@@ -501,6 +515,14 @@ def _env_cost(env: Any, cost: Any) -> float:
     except (TypeError, ValueError):
         raise _garbage(env, 'info["cost"]', cost, "a number (the safety-gymnasium cost)"
                        ) from None
+
+
+def _bad_action(env: Any, action: Any) -> ValidationError:
+    return ValidationError(
+        got=f"action {action!r} ({type(action).__name__})",
+        expected=f"an action of {env.action_space} (numbers)",
+        fix="pass env.action_space.sample() or your policy's numeric action",
+    )
 
 
 def _step_api_error(env: Any, n: int) -> StepAPIError:

@@ -62,6 +62,17 @@ RESUME_KEYS = ("env", "target", "eval_every", "preset", "train_ratio", "learning
                "overrides")
 
 
+def make_env(env_id: str) -> gym.Env:
+    """The env of ``env_id``; DeepMind Control Suite tasks (``dm_control/<domain>-<task>-v0``,
+    through shimmy: ``pip install -e ".[dmc]"``) with their dict of vectors flattened into one."""
+    if env_id.startswith("dm_control/"):
+        import shimmy
+
+        gym.register_envs(shimmy)
+        return gym.wrappers.FlattenObservation(gym.make(env_id))
+    return gym.make(env_id)
+
+
 class EvalEvery(BaseCallback):
     """Evaluate 10 deterministic episodes every ``every`` env steps; time the updates.
 
@@ -76,7 +87,7 @@ class EvalEvery(BaseCallback):
                  on_point: Any = None) -> None:
         super().__init__()
         self.every = every
-        self.eval_env = Monitor(gym.make(env_id))
+        self.eval_env = Monitor(make_env(env_id))
         # a resumed sitting draws its evaluation episodes from a stream of its own
         self.eval_env.reset(seed=10_000 + seed + (points[-1][0] if points else 0))
         self.points: list[tuple[int, float, float, float]] = list(points or [])
@@ -239,7 +250,7 @@ def run_one(args: tuple[str, int, dict]) -> dict:
     """Train one agent on one seed (resuming its last checkpoint); returns its curve."""
     algo, seed, opts = args
     torch.set_num_threads(opts["threads"])
-    env = gym.make(opts["env"])
+    env = make_env(opts["env"])
     model, progress = resume(algo, seed, opts, env)
     sittings = list(progress["sittings"]) if progress else []
     done = progress["num_timesteps"] if progress else 0

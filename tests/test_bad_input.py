@@ -195,3 +195,95 @@ def test_nothing_passes_silently_in_a_long_random_run():
         assert info["residuals"]["finite"] == n_bad
         assert info["valid"] == (n_bad == 0 and np.all(np.abs(obs) <= 10)
                                  and np.all(np.abs(action) <= 1))
+
+
+# -- hardening, third round: each of these ended in a raw library error before ----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from physlink_gym import DreamerV3
+
+    return DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", seed=0)
+
+
+def _clear(exc: BaseException) -> None:
+    text = str(exc)
+    assert isinstance(exc, PhysLinkError) and "Got:" in text and "Fix:" in text, text
+
+
+def test_fit_and_world_model_loss_refuse_what_is_not_trajectories(tiny_model) -> None:
+    for call in (lambda: tiny_model.fit("not trajectories", 1),
+                 lambda: tiny_model.world_model_loss([1, 2, 3])):
+        with pytest.raises(PhysLinkError, match="Trajectories") as info:
+            call()
+        _clear(info.value)
+
+
+def test_predict_refuses_a_non_numeric_observation_and_a_wrong_episode_start(tiny_model) -> None:
+    with pytest.raises(PhysLinkError, match="observation 'abc'") as info:
+        tiny_model.predict("abc")
+    _clear(info.value)
+    obs = np.zeros(3, np.float32)
+    _, state = tiny_model.predict(obs)
+    with pytest.raises(PhysLinkError, match="episode_start of 3 flag") as info:
+        tiny_model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+    _clear(info.value)
+
+
+def test_wrapper_takes_an_env_id_and_refuses_what_is_not_an_env() -> None:
+    env = InvariantWrapper("Pendulum-v1", [inv.finite()])
+    assert type(env.unwrapped).__name__ == "PendulumEnv"
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    for bad in (None, 3, [1]):
+        with pytest.raises(PhysLinkError, match=r"gymnasium\.Env") as info:
+            InvariantWrapper(bad, [inv.finite()])  # type: ignore[arg-type]
+        _clear(info.value)
+
+
+def test_a_string_action_is_refused_by_name() -> None:
+    env = InvariantWrapper(gym.make("Pendulum-v1"), [inv.finite(), inv.action_bounds()])
+    env.reset(seed=0)
+    with pytest.raises(PhysLinkError, match="action 'abc'") as info:
+        env.step("abc")
+    _clear(info.value)
+
+
+def test_a_binder_that_reads_a_missing_attribute_is_not_applicable() -> None:
+    def binder(env):
+        gravity = env.unwrapped.model.opt.gravity  # a MuJoCo attribute Pendulum lacks
+        return lambda t: float(np.abs(gravity).sum())
+
+    check = Invariant("gravity", binder=binder, tolerance=1.0)
+    with pytest.raises(NotApplicableError, match="lacks what its binder reads"):
+        check.bind(gym.make("Pendulum-v1"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = InvariantWrapper(gym.make("Pendulum-v1"), [check])
+    assert any(issubclass(w.category, InvariantWarning) for w in caught)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    assert "gravity" in env.compliance_report().summary()
+
+
+def test_trajectories_refuse_meta_that_is_not_a_dict(tmp_path) -> None:
+    from physlink_gym.data import Trajectories
+    from physlink_gym.errors import CheckpointCorruptError
+
+    n = 4
+    arrays = {"obs": np.zeros((n, 3), np.float32), "action": np.zeros((n, 1), np.float32),
+              "reward": np.zeros(n, np.float32), "is_first": np.eye(1, n, dtype=bool)[0],
+              "is_terminal": np.zeros(n, bool), "is_last": np.eye(1, n, n - 1, dtype=bool)[0],
+              "valid": np.ones(n, bool)}
+    good = Trajectories(**arrays)
+    with pytest.raises(PhysLinkError, match="meta") as info:
+        Trajectories(**arrays, meta=["a", "list"])  # type: ignore[arg-type]
+    _clear(info.value)
+    path = good.save(tmp_path / "t.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["meta"] = np.array('["a", "list"]')
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CheckpointCorruptError, match="meta"):
+        Trajectories.load(tmp_path / "bad.npz")

@@ -106,6 +106,12 @@ class Trajectories:
                 expected="is_first[0] True (every stream starts an episode)",
                 fix="start the data at an episode start",
             )
+        if not isinstance(self.meta, dict) or not all(isinstance(k, str) for k in self.meta):
+            raise ValidationError(
+                got=f"meta={self.meta!r:.80} ({type(self.meta).__name__})",
+                expected="a dict with str keys (a file's meta: a JSON object)",
+                fix='pass meta={"env_id": ...}; a file with other meta is not a Trajectories file',
+            )
         try:
             json.dumps(self.meta)
         except (TypeError, ValueError) as exc:

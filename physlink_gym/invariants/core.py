@@ -153,7 +153,17 @@ class Invariant:
     def bind(self, env: Any) -> BoundCheck:
         """Return the per-step residual function for ``env`` (may raise NotApplicableError)."""
         if self.binder is not None:
-            return self.binder(env)
+            try:
+                return self.binder(env)
+            except AttributeError as exc:  # the env lacks what the check reads
+                needs = f" ({', '.join(self.requires)})" if self.requires else ""
+                raise NotApplicableError(
+                    got=f"invariant {self.name!r} on "
+                    f"{type(getattr(env, 'unwrapped', env)).__name__}, which lacks what its "
+                    f"binder reads ({exc})",
+                    expected=f"an env that provides it{needs}",
+                    fix="leave this invariant out for this env, or give the env that attribute",
+                ) from None
         assert self.fn is not None
         return _default_bind(self.fn)(env)
 

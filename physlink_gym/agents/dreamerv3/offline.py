@@ -36,6 +36,19 @@ __all__ = ["fit", "learner_entries", "world_model_loss"]
 WORLD_MODEL_TERMS = ("dyn", "rep", "dec", "rew", "con")
 
 
+def check_trajectories(data: object, what: str) -> None:
+    """Refuse anything but a :class:`~physlink_gym.data.Trajectories` with a clear error."""
+    from physlink_gym.data.trajectories import Trajectories
+
+    if not isinstance(data, Trajectories):
+        raise ValidationError(
+            got=f"{what}({data!r:.80}) ({type(data).__name__})",
+            expected="a physlink_gym.data.Trajectories",
+            fix="load a file with Trajectories.load(path), or build one with "
+            "Trajectories.from_list(episodes) / Trajectories.from_minari(dataset_id)",
+        )
+
+
 def learner_entries(policy: DreamerV3Policy, data: Trajectories) -> dict[str, np.ndarray]:
     """Trajectory entries in the learner's action space, ready for ``add_entries``.
 
@@ -78,6 +91,7 @@ def fit(
     log_interval: int = 100,
 ) -> None:
     """Implementation of :meth:`DreamerV3.fit` (see there)."""
+    check_trajectories(data, "fit")
     check_int("gradient_steps", gradient_steps, minimum=0)
     check_int("log_interval", log_interval, minimum=1)
     _load_into_replay(model, data)
@@ -138,6 +152,7 @@ def world_model_loss(
         ``{"dyn", "rep", "dec", "rew", "con"}`` and ``"total"`` (their sum with the config's
         loss scales).
     """
+    check_trajectories(data, "world_model_loss")
     learner = model.policy.learner
     length = sequence_length or model.config.batch_length
     batch = _windows(learner_entries(model.policy, data), length)

@@ -163,7 +163,15 @@ class DreamerV3Policy(BasePolicy):
             observation[1], dict
         ):
             raise ValueError(_GYM_API_MIX)
-        obs = np.asarray(observation, dtype=np.float32)
+        try:
+            obs = np.asarray(observation, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                got=f"observation {observation!r:.80} ({type(observation).__name__}: {exc})",
+                expected=f"numbers of shape {self.observation_space.shape} or (n_envs, "
+                f"*{self.observation_space.shape})",
+                fix="pass the observation returned by env.reset()/step()",
+            ) from None
         try:
             vectorized = is_vectorized_observation(obs, self.observation_space)
         except ValueError as exc:
@@ -180,8 +188,16 @@ class DreamerV3Policy(BasePolicy):
             starts = np.ones(n, dtype=bool)
         else:
             torch_state = self._state_from_numpy(state, n)
-            starts = (np.zeros(n, dtype=bool) if episode_start is None
-                      else np.asarray(episode_start, dtype=bool).reshape(n))
+            starts = np.zeros(n, dtype=bool)
+            if episode_start is not None:
+                flags = np.asarray(episode_start, dtype=bool)
+                if flags.size != n:
+                    raise ValidationError(
+                        got=f"episode_start of {flags.size} flag(s) for {n} observation(s)",
+                        expected=f"one flag per observation ({n})",
+                        fix="pass the dones of the same vector step as the observations",
+                    )
+                starts = flags.reshape(n)
         action, new_state = self.act(batch, torch_state, starts, deterministic)
         env_action = self.to_env_action(action)
         if not vectorized:
