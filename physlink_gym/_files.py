@@ -11,6 +11,7 @@ light install (wrapper, invariants, reports, trajectories) uses it too.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import secrets
@@ -75,22 +76,49 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], obje
         raise _write_error(target, f"under a file ({exc.strerror})") from None
     except PermissionError as exc:
         raise _write_error(target, f"in a folder that is not writable ({exc.strerror})") from None
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise _no_room_error(target, exc, 0) from None
+        raise
+    written = 0
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
             handle.flush()
+            written = handle.tell()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
         try:
+            written = max(written, tmp.stat().st_size)
             os.unlink(tmp)
         except OSError:
             pass
         if isinstance(exc, (IsADirectoryError, PermissionError)):
             raise _write_error(target, f"which cannot be replaced ({exc.strerror})") from None
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise _no_room_error(target, exc, written) from None
         raise
     _fsync_directory(target.parent)
     return target
+
+
+#: errno values that mean "no room here": disk full, quota exceeded, read-only file system.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _no_room_error(target: Path, exc: OSError, written: int) -> WriteError:
+    kept = ("the previous file there is intact" if target.exists()
+            else "nothing was left there")
+    so_far = f" after {written:,} bytes" if written else ""
+    return WriteError(
+        got=f"{str(target)!r} could not be written{so_far}: {exc.strerror} "
+        f"(errno {exc.errno}); {kept}",
+        expected=f"room for the file in {str(target.parent)!r} (a writable file system with "
+        "free space)",
+        fix="free disk space or pass a path on another disk (df -h shows free space); "
+        "the partial file was removed",
+    )
 
 
 def _write_error(target: Path, why: str) -> WriteError:

@@ -643,3 +643,48 @@ def test_a_report_that_is_not_a_bounded_file_is_refused(tmp_path: Path, kind: st
         path.write_text(json.dumps({"pad": "x" * 200}))
     with pytest.raises(CheckpointCorruptError, match=r"compliance\.json"):
         ComplianceReport.from_json(path)
+
+
+@pytest.mark.parametrize("what", ["model", "replay"])
+def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    import errno
+
+    from physlink_gym import _files
+
+    model = DreamerV3("MlpPolicy", "Pendulum-v1", **TINY)
+    model.learn(12)
+    path = tmp_path / ("model.zip" if what == "model" else "replay.npz")
+    save = model.save if what == "model" else model.save_replay_buffer
+    save(path)
+    before = path.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_files.os, "fsync", full)
+    with pytest.raises(WriteError, match="No space left") as info:
+        save(path)
+    text = str(info.value)
+    assert str(path) in text and "previous file there is intact" in text and "bytes" in text
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_read_only_file_system_is_a_clear_error(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from physlink_gym import _files
+
+    real_open = _files.os.open
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_files.os, "open", read_only)
+    with pytest.raises(WriteError, match="Read-only file system") as info:
+        atomic_write(tmp_path / "x.bin", lambda fh: fh.write(b"1"))
+    assert "x.bin" in str(info.value) and "nothing was left there" in str(info.value)
