@@ -50,6 +50,7 @@ from physlink_gym._records import (
     not_applicable_report,
     valid_mask,
 )
+from physlink_gym._worker_errors import report_in_worker
 from physlink_gym.errors import ConfigurationError, PhysLinkError, ValidationError
 from physlink_gym.invariants.core import Invariant, NotApplicableError, to_residual
 from physlink_gym.report import MAX_KEPT_EPISODES, ComplianceReport
@@ -366,10 +367,12 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
 
     def _error(self, s: Slot, exc: BaseException) -> None:
         if self.on_error == "raise":
-            raise InvariantError(
+            error = InvariantError(
                 got=f"invariant {s.name!r} failed: {type(exc).__name__}: {exc}",
                 expected="a residual float >= 0 from every invariant",
-                fix="fix the invariant, or pass on_error='record' / 'disable'") from exc
+                fix="fix the invariant, or pass on_error='record' / 'disable'")
+            report_in_worker(error)  # a SubprocVecEnv parent would see only a broken pipe
+            raise error from exc
         if s.error(exc, disable=self.on_error == "disable"):
             warnings.warn(f"physlink_gym: invariant {s.name!r} failed ({s.rep.last_error}); "
                           f"counted as ERROR (on_error={self.on_error!r})",

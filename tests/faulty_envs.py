@@ -25,3 +25,17 @@ class PendulumFaults(gym.Wrapper):
         elif u < 0.07:
             obs[2] = 9.5  # past the |ω| <= 8 bound
         return obs, reward, terminated, truncated, info
+
+
+def _fails_from_step_3(t):  # an invariant that raises on the fourth step of an episode
+    if t["step"] >= 3:
+        raise RuntimeError("kaboom")
+    return 0.0
+
+
+def raising_invariant_env():
+    """Pendulum whose invariant 'boomer' raises from step 3 on, with on_error='raise'."""
+    from physlink_gym import Invariant, InvariantWrapper
+
+    return InvariantWrapper(gym.make("Pendulum-v1"), [Invariant("boomer", fn=_fails_from_step_3)],
+                            on_error="raise")

@@ -688,3 +688,22 @@ def test_a_read_only_file_system_is_a_clear_error(tmp_path: Path,
     with pytest.raises(WriteError, match="Read-only file system") as info:
         atomic_write(tmp_path / "x.bin", lambda fh: fh.write(b"1"))
     assert "x.bin" in str(info.value) and "nothing was left there" in str(info.value)
+
+
+def test_an_invariant_raising_in_a_subprocess_reaches_the_user_by_name() -> None:
+    """SB3's SubprocVecEnv gives the parent only EOFError when a worker raises: the invariant's
+    own error reaches the user all the same."""
+    from faulty_envs import raising_invariant_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    from physlink_gym.errors import TrainingError
+
+    venv = SubprocVecEnv([raising_invariant_env, raising_invariant_env])
+    model = DreamerV3("MlpPolicy", venv, preset="debug", learning_starts=100, seed=0)
+    try:
+        with pytest.raises(TrainingError, match="invariant 'boomer' failed") as info:
+            model.learn(50)
+        assert "kaboom" in str(info.value) and "on_error='record'" in str(info.value)
+    finally:
+        for process in venv.processes:
+            process.kill()

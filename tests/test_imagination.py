@@ -135,3 +135,13 @@ def test_triptych_marks_the_imagined_steps_that_violate(trained, tmp_path):
     assert all(m == "imagined step violates: always" for m in marks[5:])
     path = model.visualize(data, tmp_path / "t.gif", steps=20, invariants=[always])
     assert path.stat().st_size > 1000
+
+
+def test_imagination_report_defaults_to_the_training_envs_invariants(trained):
+    """A bare env (or data) names no invariants: those of the model's own wrapped env apply."""
+    model, _ = trained
+    report = model.imagination_report(gym.make("Pendulum-v1"), steps=20, episodes=1)
+    assert [i.name for i in report.invariants] == ["finite", "obs_bounds", "pendulum_energy"]
+    bare = DreamerV3("MlpPolicy", "Pendulum-v1", **SMALL)
+    with pytest.raises(ConfigurationError, match="invariants"):
+        bare.imagination_report(gym.make("Pendulum-v1"), steps=20, episodes=1)

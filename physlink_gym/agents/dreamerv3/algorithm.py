@@ -49,7 +49,7 @@ from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, UpdateMetrics
 from physlink_gym.callbacks import InvariantStats, ProgressBar, add_invariant_layout
-from physlink_gym.errors import ConfigurationError, check_int
+from physlink_gym.errors import ConfigurationError, TrainingError, check_int
 
 if TYPE_CHECKING:
     from physlink_gym.data.trajectories import Trajectories
@@ -393,7 +393,10 @@ class DreamerV3(BaseAlgorithm):
             deterministic=False,
         )
         actions = self.policy.to_env_action(buffer_actions)
-        new_obs, rewards, dones, infos = self.env.step(actions)
+        try:
+            new_obs, rewards, dones, infos = self.env.step(actions)
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            raise _dead_worker_error(exc) from None
         self.num_timesteps += self.env.num_envs
         self._update_info_buffer(infos, dones)
         self.invariant_stats.update(infos)
@@ -650,7 +653,8 @@ class DreamerV3(BaseAlgorithm):
         From real start states (``episodes`` episodes of ``Trajectories``, or recorded with this
         model's deterministic policy in an env), the model observes ``context`` steps and then
         imagines the rest of ``steps`` under the real actions; the decoded imagined transitions
-        are scored with ``invariants`` (default: those of an :class:`InvariantWrapper` env).
+        are scored with ``invariants`` (default: those of an :class:`InvariantWrapper` env,
+        else those the model's own training env is wrapped with).
         Invariants without ``transition_only`` need a simulator: NOT_APPLICABLE, with why.
         See :mod:`~physlink_gym.agents.dreamerv3.imagination`.
         """
@@ -668,6 +672,22 @@ class DreamerV3(BaseAlgorithm):
         from physlink_gym.viz import triptych
 
         return triptych(self, env_or_trajectories, path, **kwargs)
+
+
+def _dead_worker_error(exc: BaseException) -> TrainingError:
+    """A vector env's worker process ended mid-step: say why, from what the worker left."""
+    from physlink_gym._worker_errors import worker_errors
+
+    found = worker_errors()
+    why = "; ".join(dict.fromkeys(found)) if found else (
+        "its own traceback, printed above by that process, says why")
+    return TrainingError(
+        got=f"a sub-env process of the vector env ended during step() "
+        f"({type(exc).__name__} from its pipe): {why}",
+        expected="every sub-env returning its step",
+        fix="fix the failing env or invariant; an InvariantWrapper(on_error='raise') ends its "
+        "process at the first failing invariant: on_error='record' counts failures instead",
+    )
 
 
 def _gym_space(value: Any, name: str) -> spaces.Space[Any]:

@@ -185,10 +185,13 @@ def imagination_report(
                                      seed=seed)
     if invariants is None:
         invariants = getattr(env, "invariants", None) if env is not None else None
+        if invariants is None:  # those the model's own training env is wrapped with
+            invariants = env_invariants(model.get_env())
         if invariants is None:
             raise ConfigurationError(
-                got="imagination_report without invariants, from a source that names none",
-                expected="invariants=[...] or an InvariantWrapper env",
+                got="imagination_report without invariants, from a source that names none, "
+                "for a model whose env has none",
+                expected="invariants=[...], an InvariantWrapper env, or a model trained on one",
                 fix="pass invariants=[invariants.finite(), invariants.obs_bounds(), ...]")
     usable, skipped = split_transition_only(invariants)
     if env is None:  # parameters (e.g. Pendulum-v1's) from the env the data was recorded on
