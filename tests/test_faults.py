@@ -572,24 +572,73 @@ def _fuzz(examples: int) -> Any:
                                            HealthCheck.too_slow])
 
 
+def _mutate_json(tree: Any, data: st.DataObject) -> Any:
+    """One mutation somewhere in a JSON tree: a value of another type, a key added or removed,
+    a deep nest, or a large array."""
+    node: Any = tree
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            return tree
+        key = data.draw(st.sampled_from(keys))
+        if isinstance(node[key], (dict, list)) and data.draw(st.booleans()):
+            node = node[key]
+            continue
+        kind = data.draw(st.sampled_from(["value", "add", "remove", "nest", "big"]))
+        if kind == "value":
+            node[key] = data.draw(_JSON_VALUES)
+        elif kind == "add" and isinstance(node, dict):
+            node[data.draw(st.sampled_from(["_setup_model", "env", "policy", "x", "__dict__",
+                                            "data", "params", "n_envs"]))] = data.draw(
+                _JSON_VALUES)
+        elif kind == "remove" and isinstance(node, dict):
+            del node[key]
+        elif kind == "nest":
+            nested: Any = node[key]
+            for _ in range(data.draw(st.integers(1, 800))):
+                nested = [nested]
+            node[key] = nested
+        else:
+            node[key] = [data.draw(st.integers(-5, 5))] * data.draw(st.integers(0, 200_000))
+        return tree
+
+
 def _checkpoint_fuzz(ckpt: Path, tmp_path: Path, data: st.DataObject) -> None:
     target = tmp_path / "fuzz.zip"
-    if data.draw(st.booleans()):  # a JSON value of the wrong type somewhere in the metadata
-        meta = _meta(ckpt)
-        node: Any = meta
-        while True:
-            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-            if not keys:
-                break
-            key = data.draw(st.sampled_from(keys))
-            if not isinstance(node[key], (dict, list)) or data.draw(st.booleans()):
-                node[key] = data.draw(_JSON_VALUES)
-                break
-            node = node[key]
-        _rewrite(ckpt, target, meta=meta)
+    if data.draw(st.booleans()):  # the metadata JSON mutated: types, keys, nesting, sizes
+        _rewrite(ckpt, target, meta=_mutate_json(_meta(ckpt), data))
     else:
         target.write_bytes(_mutate_bytes(ckpt.read_bytes(), data.draw))
     _loads_or_refuses(DreamerV3.load, target)
+
+
+def _trajectory_fuzz(traj_file: Path, tmp_path: Path, data: st.DataObject) -> None:
+    """A trajectory npz mutated in its bytes, or member by member (dtype, shape, meta JSON)."""
+    target = tmp_path / "fuzz_traj.npz"
+    if data.draw(st.booleans()):
+        target.write_bytes(_mutate_bytes(traj_file.read_bytes(), data.draw))
+    else:
+        def change(arrays: dict[str, np.ndarray]) -> None:
+            name = data.draw(st.sampled_from(sorted(arrays)))
+            kind = data.draw(st.sampled_from(["dtype", "shape", "drop", "meta", "values"]))
+            if kind == "dtype":
+                dtype = data.draw(st.sampled_from(["int8", "float64", "bool", "U3", "complex64"]))
+                try:
+                    arrays[name] = arrays[name].astype(dtype)
+                except (TypeError, ValueError):  # e.g. the meta string to a number
+                    arrays[name] = np.zeros(3, dtype)
+            elif kind == "shape":
+                arrays[name] = arrays[name].reshape(-1)[: data.draw(st.integers(0, 8))]
+            elif kind == "drop":
+                del arrays[name]
+            elif kind == "meta":
+                meta = json.loads(str(arrays["meta"]))
+                arrays["meta"] = np.array(json.dumps(_mutate_json({"m": meta}, data).get("m")))
+            elif arrays[name].dtype.kind == "f":
+                arrays[name] = np.full_like(arrays[name], data.draw(st.floats()))
+
+        _npz(traj_file, target, change)
+    _loads_or_refuses(Trajectories.load, target)
 
 
 def _replay_fuzz(replay_file: Path, tmp_path: Path, data: st.DataObject) -> None:
@@ -598,16 +647,35 @@ def _replay_fuzz(replay_file: Path, tmp_path: Path, data: st.DataObject) -> None
     _loads_or_refuses(SequenceReplay.load, target)
 
 
+# Thousands of cases in the default suite (about 20 ms each for a checkpoint, a few ms for the
+# others); PHYSLINK_FUZZ_EXAMPLES raises the count of the slow runs.
 @given(data=st.data())
-@_fuzz(40)
+@_fuzz(1500)
 def test_fuzz_checkpoints(ckpt: Path, tmp_path: Path, data: st.DataObject) -> None:
     _checkpoint_fuzz(ckpt, tmp_path, data)
 
 
 @given(data=st.data())
-@_fuzz(40)
+@_fuzz(1000)
 def test_fuzz_replay_files(replay_file: Path, tmp_path: Path, data: st.DataObject) -> None:
     _replay_fuzz(replay_file, tmp_path, data)
+
+
+@pytest.fixture(scope="module")
+def traj_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    n = 12
+    data = Trajectories(
+        obs=np.arange(n * 3, dtype=np.float32).reshape(n, 3), action=np.zeros((n, 1), np.float32),
+        reward=np.ones(n, np.float32), is_first=np.eye(1, n, dtype=bool)[0],
+        is_terminal=np.zeros(n, bool), is_last=np.eye(1, n, n - 1, dtype=bool)[0],
+        valid=np.ones(n, bool), meta={"env_id": "Pendulum-v1", "discrete": False})
+    return data.save(tmp_path_factory.mktemp("traj") / "traj.npz")
+
+
+@given(data=st.data())
+@_fuzz(1500)
+def test_fuzz_trajectory_files(traj_file: Path, tmp_path: Path, data: st.DataObject) -> None:
+    _trajectory_fuzz(traj_file, tmp_path, data)
 
 
 @pytest.mark.slow

@@ -258,7 +258,7 @@ def _read(path: Any, device: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any
                                                                               _RESUME}:
         raise CheckpointCorruptError(
             got=f"{str(path)!r}: parameters stored as "
-            f"{sorted(params) if isinstance(params, dict) else type(params).__name__}",
+            f"{sorted(map(repr, params)) if isinstance(params, dict) else type(params).__name__}",
             expected=f"a dict with the keys {[*_PARAM_KEYS, _RESUME]}",
             fix="use an earlier checkpoint",
         )
