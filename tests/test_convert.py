@@ -103,3 +103,33 @@ def test_minari_discrete_actions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     back = Trajectories.from_minari(dataset)
     np.testing.assert_array_equal(back.action, data.action)
     assert back.meta["discrete"] is True and back.meta["n_actions"] == 2
+
+
+def test_to_minari_without_env_or_spaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded env id gives the spaces; data of no registered env gets spaces inferred
+    from its arrays; a write Minari refuses leaves no half-made dataset folder behind."""
+    minari = pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    data = record_trajectories(gym.make("Pendulum-v1", max_episode_steps=10), n_episodes=2,
+                               seed=0)
+    with pytest.warns(UserWarning):
+        by_id = data.to_minari("physlink/by-id-v0")
+    assert by_id.spec.action_space == gym.make("Pendulum-v1").action_space
+    anonymous = Trajectories(**{k: getattr(data, k) for k in ("obs", "action", "reward",
+                                                              "is_first", "is_terminal",
+                                                              "is_last", "valid")},
+                             meta={"discrete": False})
+    with pytest.warns(UserWarning):
+        inferred = anonymous.to_minari("physlink/inferred-v0")
+    assert inferred.spec.observation_space.shape == (3,)
+    back = Trajectories.from_minari("physlink/inferred-v0")
+    np.testing.assert_array_equal(back.obs, data.obs)
+    np.testing.assert_array_equal(back.action, data.action)
+    with pytest.raises(ValidationError, match="nothing was written"):
+        data.to_minari("not a valid id")
+    with pytest.raises(ValidationError, match="shape"):  # Minari itself would write it
+        data.to_minari("physlink/bad-v0", observation_space=gym.spaces.Box(-1, 1, (5,)),
+                       action_space=gym.spaces.Box(-1, 1, (1,)))
+    assert not (tmp_path / "physlink" / "bad-v0").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["physlink"]
+    assert minari.list_local_datasets().keys() >= {"physlink/by-id-v0", "physlink/inferred-v0"}

@@ -21,9 +21,11 @@ Example:
 from __future__ import annotations
 
 import numbers
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from physlink_gym.errors import ConfigurationError, ValidationError
@@ -270,7 +272,54 @@ def to_minari(data: Any, dataset_id: str, *, env: Any = None, observation_space:
             terminations=episode.is_terminal[1:].tolist(), truncations=truncations.tolist(),
             infos=infos,
         ))
-    return minari.create_dataset_from_buffers(
-        dataset_id, buffers, env=env, observation_space=observation_space,
-        action_space=action_space, **metadata,
-    )
+    if env is None and (observation_space is None or action_space is None):
+        env_id = data.meta.get("env_id")
+        if isinstance(env_id, str) and env_id in gym.registry:  # the recorded env's own spaces
+            env = env_id
+        else:  # spaces from the data itself
+            observation_space = observation_space or gym.spaces.Box(
+                -np.inf, np.inf, data.obs.shape[1:], data.obs.dtype)
+            action_space = action_space or _action_space_of(data)
+    _check_fits(data, observation_space, action_space)
+    from minari.storage import get_dataset_path
+
+    folder = get_dataset_path(dataset_id) if isinstance(dataset_id, str) else None
+    existed = folder is not None and folder.exists()
+    try:
+        return minari.create_dataset_from_buffers(
+            dataset_id, buffers, env=env, observation_space=observation_space,
+            action_space=action_space, **metadata,
+        )
+    except (ValueError, TypeError, AssertionError, KeyError, OSError) as exc:
+        if folder is not None and folder.exists() and not existed:  # leave nothing half-made
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ValidationError(
+            got=f"to_minari({dataset_id!r}) refused by Minari ({type(exc).__name__}: "
+            f"{str(exc)[:300]})",
+            expected="a new dataset id (namespace/name-v0) and data that fit the spaces",
+            fix="check the dataset id (minari.list_local_datasets() lists the taken ones) and "
+            "the env or spaces passed; nothing was written",
+        ) from None
+
+
+def _check_fits(data: Any, observation_space: Any, action_space: Any) -> None:
+    """Refuse spaces the data's arrays do not fit, before Minari writes anything."""
+    pairs = [("observation_space", observation_space, data.obs.shape[1:])]
+    if not data.meta.get("discrete"):
+        pairs.append(("action_space", action_space, data.action.shape[1:]))
+    for name, space, shape in pairs:
+        if isinstance(space, gym.spaces.Box) and tuple(space.shape) != tuple(shape):
+            raise ValidationError(
+                got=f"to_minari({name}={space}) for data of shape {tuple(shape)}",
+                expected=f"a space of shape {tuple(shape)}",
+                fix=f"pass the {name} the data was recorded with (or the env); nothing was "
+                "written",
+            )
+
+
+def _action_space_of(data: Any) -> gym.spaces.Space[Any]:
+    """The action space a Trajectories' actions fit: Discrete(n) or an unbounded Box."""
+    n = data.meta.get("n_actions")
+    if data.meta.get("discrete") and isinstance(n, int) and n > 0:
+        return gym.spaces.Discrete(n)
+    return gym.spaces.Box(-np.inf, np.inf, data.action.shape[1:], np.float32)
