@@ -40,12 +40,35 @@ def main() -> None:
                           sequence_length=8, train_ratio=32, seed=0,
                           tensorboard_log=str(out / "tb"))
     before = flat(model)
+    from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
+
+    seen: list[int] = []  # how many imagined starts each update's percentiles read
+    updated = ReturnNormalizer.updated
+
+    def spy(self, returns, mask=None):  # type: ignore[no-untyped-def]
+        seen.append(int(returns.shape[-1]))
+        return updated(self, returns, mask)
+
+    ReturnNormalizer.updated = spy  # type: ignore[method-assign]
     model.learn(64, reset_num_timesteps=args.resume is None)
     model.save(out / "model")
+    ReturnNormalizer.updated = updated  # type: ignore[method-assign]
     replay = model.replay_buffer
-    np.savez(out / f"rank{distributed.rank()}.npz", before=before, after=flat(model),
+    # The return percentiles of the behaviour update over every rank's returns: different
+    # returns and masks per rank, the statistics the update would keep (rate 1: the percentiles).
+    from physlink_gym.agents.dreamerv3.normalize import ReturnNormalizer
+
+    r = distributed.rank()
+    gen = torch.Generator().manual_seed(100 + r)
+    ret = torch.randn(5, 12, generator=gen) * (1 + 4 * r) + 10 * r
+    mask = (torch.rand(1, 12, generator=gen) > 0.3).float()
+    gathered = distributed.all_gather_cat([ret, mask])
+    stats = ReturnNormalizer(rate=1.0).updated(*gathered)
+    np.savez(out / f"rank{r}.npz", before=before, after=flat(model),
              obs=replay.obs[0, : int(replay._count[0])], updates=model._n_updates,
-             world=distributed.world_size(), rank_attr=model.rank)
+             world=distributed.world_size(), rank_attr=model.rank, ret=ret.numpy(),
+             mask=mask.numpy(), retnorm=stats.numpy(),
+             percentile_starts=np.array(seen))
 
 
 if __name__ == "__main__":

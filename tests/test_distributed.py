@@ -42,6 +42,22 @@ def test_two_ranks_keep_identical_weights_on_their_own_data(two_ranks):
     assert not np.allclose(r0["obs"], r1["obs"])  # each rank collected its own data
 
 
+def test_return_percentiles_are_taken_over_all_ranks_returns(two_ranks):
+    """Reference: one 5th/95th percentile over the whole batch of every device, not a mean of
+    per-rank percentiles; checked against numpy's percentile of the union."""
+    _, ranks = two_ranks
+    union = np.concatenate([r["ret"][:, r["mask"][0] > 0].reshape(-1) for r in ranks])
+    expected = np.percentile(union, [5, 95])
+    for r in ranks:
+        np.testing.assert_allclose(r["retnorm"][:2], expected, rtol=1e-5)
+    per_rank_mean = np.mean([np.percentile(r["ret"][:, r["mask"][0] > 0], [5, 95])
+                             for r in ranks], axis=0)
+    assert not np.allclose(per_rank_mean, expected, rtol=1e-2)  # the two differ here
+    # and the update itself reads both ranks' imagined starts (2 x batch 4 x length 8)
+    for r in ranks:
+        assert len(r["percentile_starts"]) and set(r["percentile_starts"]) == {2 * 4 * 8}
+
+
 def test_only_rank_0_logs_and_writes_the_checkpoint(two_ranks):
     out, _ = two_ranks
     runs = sorted(p.name for p in (out / "tb").iterdir())

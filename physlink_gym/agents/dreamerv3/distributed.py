@@ -86,6 +86,23 @@ def broadcast_module(module: nn.Module) -> None:
 
 
 @torch.no_grad()
+def all_gather_cat(tensors: list[Tensor]) -> list[Tensor]:
+    """Each tensor of every rank, concatenated along its last axis (no-op without a group).
+
+    The same shapes on every rank (one config); every rank gets the same concatenation, in rank
+    order.
+    """
+    if not active():
+        return tensors
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.detach().contiguous())
+        out.append(torch.cat(parts, -1))
+    return out
+
+
+@torch.no_grad()
 def all_average(tensors: list[Tensor]) -> list[Tensor]:
     """The mean of each tensor over the ranks, in one ``all_reduce`` (no-op without a group).
 

@@ -204,7 +204,9 @@ def compute_losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metr
 def _losses(m: Nets, data: dict[str, Tensor], noise: Noise) -> tuple[Metrics, Metrics, Tensor]:
     """:func:`compute_losses` and the return normaliser's new statistics (not yet stored)."""
     losses, metrics, post, feat = world_model_loss(m, data, noise.post)
-    behaviour = maybe_compiled(behaviour_loss, m.compiled)
+    # Data-parallel: the return percentiles gather every rank's returns, which one compiled
+    # graph cannot hold: the behaviour losses then run eagerly.
+    behaviour = maybe_compiled(behaviour_loss, m.compiled and not distributed.active())
     with _imagined_autocast(m, feat.device):
         feats, actions = imagine(m, post, noise)
         beh_losses, beh_metrics, ret, retnorm = behaviour(m, feats, actions, data["valid"])
@@ -355,7 +357,8 @@ def behaviour_loss(
         disc = 1.0 if cfg.contdisc else cfg.discount
         ret = _lambda_return_tm(reward, cont[1:], tarval, disc, cfg.lam)  # [H, N]
         weight = torch.cumprod(disc * cont, 0) / disc * start_w  # [H+1, N]
-        retnorm = m.retnorm.updated(ret, start_w)
+        # Reference: one percentile over the whole batch, all devices' returns together.
+        retnorm = m.retnorm.updated(*distributed.all_gather_cat([ret, start_w]))
         scale = m.retnorm.scale(retnorm)
         adv = (ret - tarval[:-1]) / scale
     logp, ent = m.actor.log_prob_entropy(actor_out[:-1], actions)  # [H, N]
