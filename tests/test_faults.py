@@ -289,12 +289,22 @@ def test_damaged_containers_are_refused_quickly(ckpt: Path, tmp_path: Path, faul
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+@pytest.mark.parametrize("how", ["device", "symlink", "fifo"])
 @pytest.mark.parametrize("reader", ["checkpoint", "replay", "trajectories"])
-def test_a_device_is_never_read(reader: str) -> None:
+def test_a_device_is_never_read(reader: str, how: str, tmp_path: Path) -> None:
+    """A device, a link to one (named like a checkpoint) or a FIFO is refused before any read:
+    /dev/zero would be read until memory runs out, a FIFO would block."""
     load = {"checkpoint": DreamerV3.load, "replay": SequenceReplay.load,
             "trajectories": Trajectories.load}[reader]
+    path = Path("/dev/zero")
+    if how == "symlink":
+        path = tmp_path / "model.zip"
+        path.symlink_to("/dev/zero")
+    elif how == "fifo":
+        path = tmp_path / "model.zip"
+        os.mkfifo(path)
     with pytest.raises(CheckpointCorruptError, match="regular file"):
-        load("/dev/zero")
+        load(path)
 
 
 # -- 3. replay and trajectory files ---------------------------------------------------------------
