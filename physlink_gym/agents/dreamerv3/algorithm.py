@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.base_class import BaseAlgorithm, maybe_make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -45,7 +45,11 @@ from physlink_gym.agents.dreamerv3.config import (
     make_config,
     overrides_from_args,
 )
-from physlink_gym.agents.dreamerv3.policy import DreamerV3Policy, RecurrentState
+from physlink_gym.agents.dreamerv3.policy import (
+    DreamerV3Policy,
+    RecurrentState,
+    action_groups,
+)
 from physlink_gym.agents.dreamerv3.replay import SequenceReplay
 from physlink_gym.agents.dreamerv3.rollout import EntryWriter, UpdateMetrics
 from physlink_gym.callbacks import InvariantStats, ProgressBar, add_invariant_layout
@@ -131,12 +135,16 @@ class DreamerV3(BaseAlgorithm):
         device = distributed.setup(device)
         self.rank, seed, tensorboard_log, verbose = distributed.per_rank(
             seed, tensorboard_log, verbose)
+        if env is not None:  # our clear errors before SB3's bare assertions on the spaces
+            env = maybe_make_env(env, verbose)
+            action_groups(env.action_space)
         super().__init__(
             policy, env, learning_rate=schedule or config.lr, policy_kwargs=policy_kwargs,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
             verbose=verbose, device=device, support_multi_env=True,
             monitor_wrapper=monitor_wrapper, seed=seed,
-            supported_action_spaces=(spaces.Box, spaces.Discrete),
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete,
+                                     spaces.MultiBinary),
         )
         self.learning_starts = check_int("learning_starts", learning_starts, minimum=0)
         _set_log_level(verbose)

@@ -290,15 +290,19 @@ def categorical_kl(lhs_logits: Tensor, rhs_logits: Tensor) -> Tensor:
     return (lhs_logp.exp() * (lhs_logp - rhs_logp)).sum((-2, -1))
 
 
-def categorical_entropy(logits: Tensor) -> Tensor:
+def categorical_entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """``-sum_c p_c log p_c`` over the last axis (reference ``Categorical.entropy``).
 
     Args:
         logits: Tensor[..., C].
+        mask: Optional bool Tensor broadcastable to ``logits``: ``logits`` are then normalised
+            log-probabilities whose False entries do not exist (probability 0, no term).
 
     Returns:
         Tensor[...].
     """
+    if mask is not None:
+        return -(torch.where(mask, logits.exp() * logits, 0.0)).sum(-1)
     logp = torch.log_softmax(logits, -1)
     return -(logp.exp() * logp).sum(-1)
 

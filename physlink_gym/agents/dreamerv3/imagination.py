@@ -99,9 +99,10 @@ def _as_trajectories(model: DreamerV3, obs: np.ndarray, actions: np.ndarray,
     is_first[:, 0] = True
     is_last = np.zeros((rollouts, entries), bool)
     is_last[:, -1] = True
-    discrete = model.policy.discrete
+    space = model.action_space  # Trajectories hold a Discrete action as its index
+    discrete = isinstance(space, gym.spaces.Discrete)
     meta = {"imagined": True, "discrete": discrete,
-            "n_actions": int(model.action_space.n) if discrete else None}  # type: ignore[attr-defined]
+            "n_actions": int(space.n) if isinstance(space, gym.spaces.Discrete) else None}
     return Trajectories(
         obs=obs.reshape(rollouts * entries, -1), action=action.reshape(rollouts * entries, -1),
         reward=reward.reshape(-1), is_first=is_first.reshape(-1),

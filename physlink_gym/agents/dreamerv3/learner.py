@@ -57,8 +57,10 @@ class DreamerV3Learner(nn.Module):
         config: Hyperparameters.
         obs_dim: Width of the (flat, float) observation.
         action_dim: Continuous action dimensions, or the number of discrete actions.
-        discrete: Whether actions are one-hot of a Discrete space.
+        discrete: Whether actions are one-hot (per group) of discrete choices.
         device: Where the parameters live.
+        groups: The choices of each discrete action group (MultiDiscrete, MultiBinary);
+            ``None`` with ``discrete``: one group of ``action_dim`` (Discrete).
     """
 
     bins: Tensor
@@ -70,6 +72,7 @@ class DreamerV3Learner(nn.Module):
         action_dim: int,
         discrete: bool,
         device: torch.device | str = "cpu",
+        groups: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         cfg = self.config = config
@@ -80,7 +83,7 @@ class DreamerV3Learner(nn.Module):
         self.decoder = Decoder(obs_dim, cfg)
         self.reward_head = TwoHotHead(feat, units, cfg.rew_layers, bins, cfg.rew_outscale, eps)
         self.cont_head = MLPHead(feat, units, cfg.con_layers, 1, cfg.con_outscale, eps)
-        self.actor = Actor(cfg, action_dim, discrete)
+        self.actor = Actor(cfg, action_dim, discrete, groups)
         self.critic = TwoHotHead(feat, units, cfg.critic_layers, bins, cfg.critic_outscale, eps)
         # Reference `SlowModel`: starts as a copy of the critic, then EMA (rate 0.02).
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)

@@ -295,28 +295,63 @@ class Decoder(MLPHead):
 
 
 class Actor(MLPHead):
-    """Policy head (reference ``policy`` MLPHead): bounded normal or unimix categorical.
+    """Policy head (reference ``policy`` MLPHead): bounded normal or unimix categoricals.
 
-    Continuous: ``2A`` outputs (mean, std) for :func:`bounded_normal`. Discrete: ``A`` logits
-    mixed with ``actor_unimix`` uniform; actions are one-hot. Output init scale 0.01.
+    Continuous: ``2A`` outputs (mean, std) for :func:`bounded_normal`. Discrete: one categorical
+    per action group, its logits mixed with ``actor_unimix`` uniform (over that group's own
+    choices), as the reference does for each dimension of a multi-discrete action; actions are
+    one-hot per group. ``Discrete(n)`` is one group of ``n``, ``MultiDiscrete(nvec)`` one group
+    per entry, ``MultiBinary(n)`` ``n`` groups of 2 (a Bernoulli each). The groups are laid
+    out ``[G, K]`` with ``K = max(groups)``: a group smaller than ``K`` has padded choices that
+    are never taken (probability 0) and its one-hot is zero there. Output init scale 0.01.
 
     Args:
         cfg: Sizes and policy settings.
-        action_dim: ``A``.
-        discrete: Whether the action space is Discrete.
+        action_dim: ``A``: the continuous dimensions, or ``G * K`` for discrete groups.
+        discrete: Whether the actions are discrete.
+        groups: The choices of each discrete group; ``None`` with ``discrete`` means one group
+            of ``action_dim`` (a ``Discrete`` space).
     """
 
-    def __init__(self, cfg: DreamerV3Config, action_dim: int, discrete: bool) -> None:
+    _mask: Tensor | None
+    _sizes: Tensor
+    _last: Tensor
+
+    def __init__(self, cfg: DreamerV3Config, action_dim: int, discrete: bool,
+                 groups: tuple[int, ...] | None = None) -> None:
         out = action_dim if discrete else 2 * action_dim
         super().__init__(
             cfg.feat_dim, cfg.units, cfg.actor_layers, out, cfg.actor_outscale, cfg.norm_eps
         )
         self.discrete = discrete
+        self.groups = (groups or (action_dim,)) if discrete else ()
+        width = max(self.groups, default=1)
+        if discrete and len(self.groups) * width != action_dim:
+            raise ValueError(f"action_dim {action_dim} is not {len(self.groups)} groups x "
+                             f"{width} choices")
+        self.shape = (len(self.groups), width)
+        sizes = torch.tensor(self.groups or (1,))
+        mask = torch.arange(width) < sizes[:, None]  # [G, K]: the choices that exist
+        self.register_buffer("_mask", None if bool(mask.all()) else mask, persistent=False)
+        self.register_buffer("_sizes", sizes.float()[:, None], persistent=False)
+        self.register_buffer("_last", (sizes - 1)[:, None], persistent=False)
         self.unimix = cfg.actor_unimix
         self.minstd, self.maxstd = cfg.actor_minstd, cfg.actor_maxstd
 
     def _logp(self, raw: Tensor) -> Tensor:
-        return torch.log_softmax(unimix_logits(raw, self.unimix), -1)
+        """Log-probabilities ``[..., G, K]`` of each group.
+
+        0 at padded choices, which have probability 0: :meth:`sample` never takes them and the
+        losses skip them.
+        """
+        x = raw.reshape(*raw.shape[:-1], *self.shape)
+        if self._mask is None:  # groups of one size: no padding
+            return torch.log_softmax(unimix_logits(x, self.unimix), -1)
+        probs = torch.softmax(x.masked_fill(~self._mask, -torch.inf), -1)
+        if self.unimix:
+            probs = (1.0 - self.unimix) * probs + self.unimix * self._mask / self._sizes
+        # log(1) = 0 where a choice does not exist: no -inf, no NaN in any gradient
+        return torch.log(torch.where(self._mask, probs, 1.0))
 
     def _normal(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of :func:`bounded_normal`, without the distribution object."""
@@ -325,9 +360,9 @@ class Actor(MLPHead):
         return torch.tanh(mean_raw), std
 
     def noise(self, *shape: int, device: torch.device | None = None) -> Tensor:
-        """Noise for ``shape`` samples: standard normal [*shape, A], or uniform [*shape, 1]."""
+        """Noise for ``shape`` samples: standard normal [*shape, A], or uniform [*shape, G]."""
         if self.discrete:
-            return torch.rand(*shape, 1, device=device)
+            return torch.rand(*shape, len(self.groups), device=device)
         return torch.randn(*shape, self.out.out_features // 2, device=device)
 
     def sample(
@@ -337,21 +372,26 @@ class Actor(MLPHead):
 
         Args:
             raw: Head outputs [..., out].
-            deterministic: Take the mode (the mean, or the most likely action).
+            deterministic: Take the mode (the mean, or each group's most likely choice).
             noise: From :meth:`noise`; drawn here when None. Continuous samples are
-                ``mean + std * noise``; discrete ones invert the CDF at the uniform ``noise``.
+                ``mean + std * noise``; discrete ones invert each group's CDF at its uniform
+                ``noise``.
         """
         raw = raw.detach()
         if self.discrete:
-            logp = self._logp(raw)
+            logp = self._logp(raw)  # [..., G, K]
+            probs = logp.exp()
+            if self._mask is not None:
+                probs = probs * self._mask
             if deterministic:
-                index = logp.argmax(-1, keepdim=True)
+                index = (logp if self._mask is None else probs).argmax(-1, keepdim=True)
             else:
                 if noise is None:
                     noise = self.noise(*raw.shape[:-1], device=raw.device)
-                cdf = logp.exp().cumsum(-1)
-                index = (cdf < noise).sum(-1, keepdim=True).clamp_(max=logp.shape[-1] - 1)
-            return torch.zeros_like(logp).scatter_(-1, index, 1.0)
+                cdf = probs.cumsum(-1)
+                index = torch.minimum((cdf < noise.unsqueeze(-1)).sum(-1, keepdim=True),
+                                      self._last)
+            return torch.zeros_like(logp).scatter_(-1, index, 1.0).flatten(-2)
         mean, std = self._normal(raw)
         if deterministic:
             return mean
@@ -360,10 +400,11 @@ class Actor(MLPHead):
         return mean + std * noise
 
     def log_prob_entropy(self, raw: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log pi(action), entropy)``, each [...], summed over action dimensions."""
+        """``(log pi(action), entropy)``, each [...], summed over action dimensions (groups)."""
         if self.discrete:
-            logp = self._logp(raw)
-            return (logp * action).sum(-1), categorical_entropy(logp)
+            logp = self._logp(raw)  # 0 at padded choices: no term in either sum
+            one_hot = action.reshape(*action.shape[:-1], *self.shape)
+            return (logp * one_hot).sum((-2, -1)), categorical_entropy(logp, self._mask).sum(-1)
         mean, std = self._normal(raw)
         log_std = torch.log(std)
         log_prob = (-0.5 * torch.square((action - mean) / std) - log_std).sum(-1)

@@ -57,7 +57,7 @@ def learner_entries(policy: DreamerV3Policy, data: Trajectories) -> dict[str, np
     """
     entries = data.as_dict()
     obs, action = entries["obs"], entries["action"]
-    width = 1 if policy.discrete else policy.act_dim
+    width = policy.env_action_width
     if obs.shape[1] != policy.obs_dim or action.shape[1] != width:
         raise ValidationError(
             got=f"trajectories with obs width {obs.shape[1]} and action width {action.shape[1]}",

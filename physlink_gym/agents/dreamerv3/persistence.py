@@ -72,9 +72,14 @@ def space_to_json(space: spaces.Space[Any]) -> dict[str, Any]:
                 "shape": list(space.shape), "dtype": str(space.dtype)}
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(),
+                "start": space.start.tolist(), "dtype": str(space.dtype)}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": int(np.asarray(space.n))}
     raise ConfigurationError(
-        got=f"space {space}", expected="a Box or Discrete space",
-        fix="use a Box observation space and a Box or Discrete action space",
+        got=f"space {space}", expected="a Box, Discrete, MultiDiscrete or MultiBinary space",
+        fix="use a Box observation space and one of those action spaces",
     )
 
 
@@ -95,10 +100,26 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, start)):
                 raise ValueError("n and start must be ints")
             return spaces.Discrete(n, start=start)
+        if isinstance(data, dict) and data.get("type") == "MultiDiscrete":
+            nvec, start = data["nvec"], data["start"]
+            dtype = np.dtype(str(data["dtype"]))
+            if not (isinstance(nvec, list) and isinstance(start, list) and 0 < len(nvec) <= 4096
+                    and len(start) == len(nvec) and dtype.kind in "iu"
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                            for v in nvec)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in start)):
+                raise ValueError("a MultiDiscrete of another kind")
+            return spaces.MultiDiscrete(np.array(nvec), dtype=dtype, start=np.array(start))
+        if isinstance(data, dict) and data.get("type") == "MultiBinary":
+            n = data["n"]
+            if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 4096):
+                raise ValueError("n must be an int")
+            return spaces.MultiBinary(n)
     except (TypeError, ValueError, KeyError, OverflowError, AssertionError):
         pass
     raise ConfigurationError(
-        got=f"a stored space {data!r}", expected="a Box or Discrete description",
+        got=f"a stored space {data!r}",
+        expected="a Box, Discrete, MultiDiscrete or MultiBinary description",
         fix="re-save the model with this version of physlink_gym",
     )
 

@@ -37,23 +37,47 @@ _GYM_API_MIX = (
 )
 
 
-def action_dim_of(action_space: spaces.Space[Any]) -> tuple[int, bool]:
-    """Return ``(learner action width, is_discrete)`` for a supported action space."""
+def action_groups(action_space: spaces.Space[Any]) -> tuple[int, ...] | None:
+    """The choices of each discrete action group, or None for a continuous Box.
+
+    ``Discrete(n)``: ``(n,)``; ``MultiDiscrete(nvec)`` (1-D): ``tuple(nvec)``;
+    ``MultiBinary(n)`` (1-D): ``n`` groups of 2. Anything else is a ConfigurationError that
+    says how to make the space fit.
+    """
     if isinstance(action_space, spaces.Discrete):
-        return int(action_space.n), True
+        return (int(action_space.n),)
+    if isinstance(action_space, spaces.MultiDiscrete) and len(action_space.nvec.shape) == 1:
+        return tuple(int(n) for n in action_space.nvec.tolist())
+    if isinstance(action_space, spaces.MultiBinary) and np.ndim(action_space.n) == 0:
+        return (2,) * int(np.asarray(action_space.n))
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
         if not np.all(np.isfinite(action_space.low)) or not np.all(np.isfinite(action_space.high)):
             raise ConfigurationError(
                 got=f"action space {action_space} with infinite bounds",
                 expected="a Box with finite low and high (actions are rescaled from [-1, 1])",
-                fix="wrap the env with gymnasium.wrappers.ClipAction or RescaleAction",
+                fix="bound it: gymnasium.wrappers.RescaleAction(env, -1.0, 1.0) on an env whose "
+                "actions have a natural range, or ClipAction after setting finite low/high "
+                "on the env's action_space",
             )
-        return get_action_dim(action_space), False
+        return None
     raise ConfigurationError(
         got=f"action space {action_space}",
-        expected="a 1-D gymnasium.spaces.Box or a Discrete space",
+        expected="a 1-D Box with finite bounds, Discrete, a 1-D MultiDiscrete or a 1-D "
+        "MultiBinary",
         fix="flatten the action space (gymnasium.wrappers.FlattenObservation-style) first",
     )
+
+
+def action_dim_of(action_space: spaces.Space[Any]) -> tuple[int, bool]:
+    """Return ``(learner action width, is_discrete)`` for a supported action space.
+
+    Discrete groups are laid out ``[G, max(groups)]`` (see
+    :class:`~physlink_gym.agents.dreamerv3.networks.Actor`).
+    """
+    groups = action_groups(action_space)
+    if groups is None:
+        return get_action_dim(action_space), False
+    return len(groups) * max(groups), True
 
 
 def obs_dim_of(observation_space: spaces.Space[Any]) -> int:
@@ -88,16 +112,34 @@ class DreamerV3Policy(BasePolicy):
         self.config = config
         self.obs_dim = obs_dim_of(observation_space)
         self.act_dim, self.discrete = action_dim_of(action_space)
-        self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete)
+        self.groups = action_groups(action_space)
+        self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete,
+                                        groups=self.groups)
         self.optimizer = self.learner.optimizer
         self.nonfinite_obs = 0  # observations that were not finite (see act)
 
     # -- conversions between the learner's action space and the env's --------------------------
+    @property
+    def env_action_width(self) -> int:
+        """Width of an env action as a float vector (a Discrete one: its index)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return 1
+        if self.groups is not None:  # MultiDiscrete / MultiBinary: one index per group
+            return len(self.groups)
+        return self.act_dim
+
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         """Map learner actions ([-1, 1] or one-hot) to env actions (rescaled Box, or indices)."""
         space = self.action_space
         if isinstance(space, spaces.Discrete):
             return one_hot_to_discrete(action, int(space.start))
+        if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
+            assert self.groups is not None
+            one_hot = np.asarray(action).reshape(len(action), len(self.groups), -1)
+            index = np.argmax(one_hot, axis=-1)  # [N, G]
+            if isinstance(space, spaces.MultiDiscrete):
+                index = index + space.start
+            return np.asarray(index, dtype=space.dtype)
         assert isinstance(space, spaces.Box)
         return unit_to_box(action, space.low, space.high, dtype=space.dtype)
 
@@ -110,6 +152,15 @@ class DreamerV3Policy(BasePolicy):
         space = self.action_space
         if isinstance(space, spaces.Discrete):
             return discrete_to_one_hot(action, int(space.n), int(space.start))
+        if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
+            assert self.groups is not None
+            groups = np.asarray(self.groups)
+            start = space.start if isinstance(space, spaces.MultiDiscrete) else 0
+            shifted = np.rint(np.asarray(action, np.float64).reshape(len(action), -1)) - start
+            index = np.clip(shifted, 0, groups - 1).astype(np.int64)  # [N, G]
+            one_hot = np.zeros((len(index), len(groups), int(groups.max())), np.float32)
+            np.put_along_axis(one_hot, index[..., None], 1.0, axis=-1)
+            return one_hot.reshape(len(index), -1)
         assert isinstance(space, spaces.Box)
         return box_to_unit(np.asarray(action).reshape(len(action), -1), space.low, space.high)
 
