@@ -48,7 +48,7 @@ def _is_mujoco(env_id: str) -> bool:
 def resolve_invariants(spec: str, env_id: str) -> list[Any]:
     """Turn ``"finite,action_bounds"`` (or ``"auto"``) into invariant objects."""
     from physlink_gym import invariants
-    from physlink_gym.cli import INVARIANT_NAMES
+    from physlink_gym._builtin_names import BUILTIN_INVARIANTS as INVARIANT_NAMES
 
     if spec.strip() == "auto":
         names = ["finite", "action_bounds"]
@@ -297,7 +297,7 @@ def audit(args: argparse.Namespace) -> int:
     import importlib.util
 
     from physlink_gym import _audit
-    from physlink_gym.cli import INVARIANT_NAMES
+    from physlink_gym._builtin_names import BUILTIN_INVARIANTS as INVARIANT_NAMES
 
     names = [n.strip() for n in args.invariants.split(",") if n.strip()]
     unknown = [n for n in names if n not in INVARIANT_NAMES]

@@ -197,7 +197,7 @@ def log10_samples(inv: Any, limit: int = 20_000) -> np.ndarray:
     Zero and non-finite residuals have no logarithm and are left out (their counts are in
     the compliance plot). Counts are scaled down to at most ``limit`` samples in all.
     """
-    from physlink_gym.report import bin_edges
+    from physlink_gym._histogram import bin_edges
 
     keys = sorted(inv.histogram)
     if not keys:
@@ -219,7 +219,7 @@ def draw_compliance(report: Any) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from physlink_gym.report import bin_edges
+    from physlink_gym._histogram import bin_edges
 
     invs = list(report.invariants) or [None]
     ratios = [1.0 if inv is not None and inv.histogram else 0.3 for inv in invs]

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from physlink_gym._builtin_names import BUILTIN_INVARIANTS
 from physlink_gym._version import __version__
 from physlink_gym.errors import PhysLinkError
 
@@ -74,11 +75,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 # --- train / evaluate / report -------------------------------------------------------------------
 
-INVARIANT_NAMES = (  # the built-in invariants (wrappers.BUILTIN_INVARIANTS; not imported here
-    # so that `physlink-gym --help` stays fast)
-    "finite", "obs_bounds", "action_bounds", "pendulum_energy", "joint_limits", "sim_health",
-    "kinematic_consistency", "mujoco_energy", "momentum",
-)
+INVARIANT_NAMES = BUILTIN_INVARIANTS  # the names --invariants takes
 
 
 def _positive_int(text: str) -> int:

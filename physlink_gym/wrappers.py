@@ -41,6 +41,7 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 
+from physlink_gym._builtin_names import BUILTIN_INVARIANTS
 from physlink_gym._records import (
     ACTIVE,
     DISABLED,
@@ -474,12 +475,6 @@ def _coerce_invariant(item: Any) -> Invariant:
         fix="pass invariant objects, e.g. [invariants.finite(), register your own with "
         "Invariant(name, fn)]; a custom invariant cannot be rebuilt from env.spec",
     )
-
-
-BUILTIN_INVARIANTS = (
-    "finite", "obs_bounds", "action_bounds", "pendulum_energy", "joint_limits", "sim_health",
-    "kinematic_consistency", "mujoco_energy", "momentum",
-)
 
 
 def _finite_transition(t: dict[str, Any]) -> bool:

@@ -195,3 +195,29 @@ def test_slow_critic_ema_step_with_a_moving_critic() -> None:
         torch.testing.assert_close(slow, old + REFERENCE_SLOW_RATE * (fast - old),
                                    rtol=1e-6, atol=1e-8)
     assert moved > 1e-4  # the critic did move, so a wrong rate could not pass
+
+
+def test_a_loss_term_without_a_scale_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One scale table (DreamerV3Config.loss_scales): a term missing from it is an error, not
+    a term silently left out of the total."""
+    from physlink_gym.agents.dreamerv3.config import DreamerV3Config
+
+    learner = _learner()
+    data, noise = _inputs(learner)
+    full = DreamerV3Config.loss_scales
+    monkeypatch.setattr(DreamerV3Config, "loss_scales",
+                        property(lambda self: {k: v for k, v in full.fget(self).items()
+                                               if k != "repval"}))
+    with pytest.raises(KeyError, match="repval"):
+        update.train_step(learner, data, noise, torch.tensor(1e-3))
+
+
+def test_world_model_loss_total_uses_the_same_scales() -> None:
+    from physlink_gym import DreamerV3
+    from physlink_gym.data import record_trajectories
+
+    model = DreamerV3("MlpPolicy", "Pendulum-v1", preset="debug", seed=0, sequence_length=16)
+    data = record_trajectories(model.env.envs[0], n_episodes=1, seed=0)
+    out = model.world_model_loss(data)
+    expected = sum(REFERENCE_SCALES[k] * out[k] for k in ("dyn", "rep", "dec", "rew", "con"))
+    assert out["total"] == pytest.approx(expected, rel=1e-6)

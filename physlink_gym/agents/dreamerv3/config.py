@@ -153,6 +153,20 @@ class DreamerV3Config:
         return 1.0 - 1.0 / self.horizon
 
     @property
+    def loss_scales(self) -> dict[str, float]:
+        """The weight of each loss term in the update's total (reference ``loss_scales``).
+
+        Every term an update computes must have one here: :func:`~physlink_gym.agents.
+        dreamerv3.update.train_step` refuses a term without a scale (as the reference asserts
+        that its losses and scales have the same keys). ``physics`` is the opt-in
+        ``physics_weight``.
+        """
+        return {"dyn": self.scale_dyn, "rep": self.scale_rep, "dec": self.scale_dec,
+                "rew": self.scale_rew, "con": self.scale_con, "policy": self.scale_policy,
+                "value": self.scale_value, "repval": self.scale_repval,
+                "physics": self.physics_weight}
+
+    @property
     def stoch_dim(self) -> int:
         """Size of the flattened one-hot latent ``z`` (``stoch * classes``)."""
         return self.stoch * self.classes

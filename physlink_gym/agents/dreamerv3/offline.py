@@ -166,9 +166,7 @@ def world_model_loss(
     finally:  # compute_losses also updates the return normaliser: undo that
         learner.retnorm.load_state_dict(retnorm)
         learner.train(was_training)
-    cfg = model.config
-    scales = {"dyn": cfg.scale_dyn, "rep": cfg.scale_rep, "dec": cfg.scale_dec,
-              "rew": cfg.scale_rew, "con": cfg.scale_con}  # fmt: skip
+    scales = model.config.loss_scales
     out = {key: float(losses[key]) for key in WORLD_MODEL_TERMS}
     out["total"] = sum(scales[key] * out[key] for key in WORLD_MODEL_TERMS)
     return out

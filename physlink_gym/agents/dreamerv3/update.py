@@ -163,11 +163,11 @@ def train_step(m: Nets, data: dict[str, Tensor], noise: Noise, lr: Tensor) -> Me
     """
     cfg = m.config
     losses, metrics, retnorm = _losses(m, data, noise)
-    scales = {
-        "dyn": cfg.scale_dyn, "rep": cfg.scale_rep, "dec": cfg.scale_dec,
-        "rew": cfg.scale_rew, "con": cfg.scale_con, "policy": cfg.scale_policy,
-        "value": cfg.scale_value, "repval": cfg.scale_repval, "physics": cfg.physics_weight,
-    }  # fmt: skip
+    scales = cfg.loss_scales
+    unscaled = set(losses) - set(scales)
+    if unscaled:  # a new term must get its scale in the config (reference: asserted keys)
+        raise KeyError(f"loss terms without a scale in DreamerV3Config.loss_scales: "
+                       f"{sorted(unscaled)}")
     total = sum((scales[k] * v for k, v in losses.items()), torch.zeros((), device=lr.device))
     params = m.optimizer.param_groups[0]["params"]
     grads = torch.autograd.grad(total, params, allow_unused=True)
