@@ -99,7 +99,10 @@ class DreamerV3(BaseAlgorithm):
         ((1, 1), 3)
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": DreamerV3Policy}
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": DreamerV3Policy,  # vector observations
+        "MultiInputPolicy": DreamerV3Policy,  # a Dict of vectors: the keys side by side
+    }
     policy: DreamerV3Policy
 
     def __init__(
@@ -280,7 +283,9 @@ class DreamerV3(BaseAlgorithm):
         if vec_normalize is not None and vec_normalize.norm_obs and not isinstance(
             observation, tuple
         ):
-            observation = vec_normalize.unnormalize_obs(np.asarray(observation, np.float32))
+            observation = vec_normalize.unnormalize_obs(
+                observation if isinstance(observation, dict)
+                else np.asarray(observation, np.float32))
         return self.policy.predict(observation, state, episode_start, deterministic)
 
     # -- training loop --------------------------------------------------------------------------
@@ -376,7 +381,8 @@ class DreamerV3(BaseAlgorithm):
         if self._entries is not None and self._entries.replay is not self.replay_buffer:
             self._entries = None  # the replay buffer was replaced (load_replay_buffer)
         if self._entries is None:
-            self._entries = EntryWriter(self.replay_buffer, self._vec_normalize_env)
+            self._entries = EntryWriter(self.replay_buffer, self._vec_normalize_env,
+                                        flatten=self.policy.flat_obs)
             if self._policy_state is not None:  # restored by load(): the stream continues
                 return
         if self._policy_state is None:
@@ -387,8 +393,8 @@ class DreamerV3(BaseAlgorithm):
 
     def _raw_last_obs(self) -> np.ndarray:
         if self._vec_normalize_env is not None and self._last_original_obs is not None:
-            return np.asarray(self._last_original_obs)
-        return np.asarray(self._last_obs)
+            return self.policy.flat_obs(self._last_original_obs)
+        return self.policy.flat_obs(self._last_obs)
 
     def _collect_step(self, callback: BaseCallback, log_interval: int, total: int) -> bool:
         """One vector-env step: act, step, store, train, callbacks. False stops training."""
@@ -408,7 +414,7 @@ class DreamerV3(BaseAlgorithm):
         self.num_timesteps += self.env.num_envs
         self._update_info_buffer(infos, dones)
         self.invariant_stats.update(infos)
-        self._entries.add_step(buffer_actions, rewards, dones, infos, np.asarray(new_obs))
+        self._entries.add_step(buffer_actions, rewards, dones, infos, new_obs)
         self._last_obs = new_obs  # type: ignore[assignment]
         self._last_episode_starts = np.asarray(dones, dtype=bool)
         if self._vec_normalize_env is not None:

@@ -77,20 +77,38 @@ def space_to_json(space: spaces.Space[Any]) -> dict[str, Any]:
                 "start": space.start.tolist(), "dtype": str(space.dtype)}
     if isinstance(space, spaces.MultiBinary):
         return {"type": "MultiBinary", "n": int(np.asarray(space.n))}
+    if isinstance(space, spaces.Dict):  # a list of pairs keeps the keys' order
+        return {"type": "Dict", "spaces": [[str(k), space_to_json(v)]
+                                           for k, v in space.spaces.items()]}
     raise ConfigurationError(
-        got=f"space {space}", expected="a Box, Discrete, MultiDiscrete or MultiBinary space",
-        fix="use a Box observation space and one of those action spaces",
+        got=f"space {space}",
+        expected="a Box, Dict of Boxes, Discrete, MultiDiscrete or MultiBinary space",
+        fix="use a Box or Dict observation space and one of those action spaces",
     )
 
 
-def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
-    """Inverse of :func:`space_to_json`; anything else is a ConfigurationError."""
+def space_from_json(data: dict[str, Any], _in_dict: bool = False) -> spaces.Space[Any]:
+    """Inverse of :func:`space_to_json`; anything else is a ConfigurationError.
+
+    A Box is 1-D (a vector), or 0-D as a key of a Dict; a Dict holds only such Boxes.
+    """
     try:
+        if isinstance(data, dict) and data.get("type") == "Dict" and not _in_dict:
+            pairs = data["spaces"]
+            if not (isinstance(pairs, list) and 0 < len(pairs) <= 256 and all(
+                    isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+                    for p in pairs)) or len({p[0] for p in pairs}) != len(pairs):
+                raise ValueError("a Dict of another kind")
+            children = {k: space_from_json(v, _in_dict=True) for k, v in pairs}
+            if not all(isinstance(c, spaces.Box) for c in children.values()):
+                raise ValueError("a Dict holds Boxes")
+            return spaces.Dict(children)
         if isinstance(data, dict) and data.get("type") == "Box":
             dtype = np.dtype(str(data["dtype"]))
             shape = tuple(int(d) for d in data["shape"])
             low, high = np.array(data["low"], dtype=dtype), np.array(data["high"], dtype=dtype)
-            if dtype.kind not in "fiu" or len(shape) != 1 or low.shape != shape or (
+            dims = (0, 1) if _in_dict else (1,)
+            if dtype.kind not in "fiu" or len(shape) not in dims or low.shape != shape or (
                 high.shape != shape
             ) or not all(isinstance(d, int) and not isinstance(d, bool) for d in data["shape"]):
                 raise ValueError("a Box of another kind")
@@ -119,7 +137,7 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space[Any]:
         pass
     raise ConfigurationError(
         got=f"a stored space {data!r}",
-        expected="a Box, Discrete, MultiDiscrete or MultiBinary description",
+        expected="a Box, Dict of Boxes, Discrete, MultiDiscrete or MultiBinary description",
         fix="re-save the model with this version of physlink_gym",
     )
 
@@ -181,12 +199,17 @@ def _resume_state(model: DreamerV3) -> dict[str, Any]:
     }
     if model._policy_state is not None and model._last_obs is not None:
         state["policy_state"] = [t.detach().cpu() for t in model._policy_state]
-        state["last_obs"] = np.asarray(model._last_obs)
+        state["last_obs"] = _obs_array(model, model._last_obs)
         if model._last_episode_starts is not None:
             state["last_episode_starts"] = np.asarray(model._last_episode_starts)
         if model._last_original_obs is not None:
-            state["last_original_obs"] = np.asarray(model._last_original_obs)
+            state["last_original_obs"] = _obs_array(model, model._last_original_obs)
     return state
+
+
+def _obs_array(model: DreamerV3, obs: Any) -> np.ndarray:
+    """An observation batch as one array: a Dict's keys side by side (the learner's rows)."""
+    return model.policy.flat_obs(obs) if isinstance(obs, dict) else np.asarray(obs)
 
 
 def _restore_resume(model: DreamerV3, state: dict[str, Any], stream: bool) -> None:
@@ -330,6 +353,8 @@ def load_model(
     policy_class = _policy_class(path, metadata.get("policy_class", "MlpPolicy"),
                                  (custom_objects or {}).get("policy_class"))
     obs_space, act_space = data.pop("observation_space"), data.pop("action_space")
+    if policy_class == "MlpPolicy" and isinstance(obs_space, spaces.Dict):
+        policy_class = "MultiInputPolicy"  # the same class; SB3 names it by the space
     if env is not None:
         env = cls._wrap_env(env, data.get("verbose", 0))
         try:

@@ -80,13 +80,50 @@ def action_dim_of(action_space: spaces.Space[Any]) -> tuple[int, bool]:
     return len(groups) * max(groups), True
 
 
+def obs_keys_of(observation_space: spaces.Space[Any]) -> tuple[str, ...] | None:
+    """The keys of a Dict observation space the model reads, in the space's order.
+
+    Every key must hold a Box of numbers of at most one dimension (a vector or a scalar): the
+    encoder reads them concatenated, in the order of ``observation_space.spaces`` (the order
+    ``gymnasium.spaces.flatten`` and ``FlattenObservation`` use). ``None`` for a Box space.
+    """
+    if not isinstance(observation_space, spaces.Dict):
+        return None
+    keys = []
+    for key, sub in observation_space.spaces.items():
+        if not (isinstance(sub, spaces.Box) and len(sub.shape) <= 1):
+            raise ConfigurationError(
+                got=f"observation key {key!r}: {sub}",
+                expected="Dict keys that hold vectors or scalars (Box spaces of at most one "
+                "dimension)",
+                fix="leave that key out (gymnasium.wrappers.FilterObservation); images "
+                "(CnnPolicy) are not supported yet",
+            )
+        keys.append(str(key))
+    if not keys:
+        raise ConfigurationError(got=f"observation space {observation_space}",
+                                 expected="at least one key",
+                                 fix="give the Dict space a vector key")
+    return tuple(keys)
+
+
+def _size(space: spaces.Space[Any]) -> int:
+    """Numbers in one observation of a Box (1 for a scalar)."""
+    return int(np.prod(space.shape or (), dtype=np.int64))
+
+
 def obs_dim_of(observation_space: spaces.Space[Any]) -> int:
-    """Return the width of a flat vector observation space, or raise ConfigurationError."""
+    """Return the width of a flat vector observation (a Dict's keys side by side)."""
+    if isinstance(observation_space, spaces.Dict):
+        keys = obs_keys_of(observation_space)
+        assert keys is not None
+        return sum(_size(observation_space.spaces[k]) for k in keys)
     if isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1:
         return int(observation_space.shape[0])
     raise ConfigurationError(
         got=f"observation space {observation_space}",
-        expected="a 1-D gymnasium.spaces.Box (vector observations; MlpPolicy)",
+        expected="a 1-D gymnasium.spaces.Box (MlpPolicy) or a Dict of vectors "
+        "(MultiInputPolicy)",
         fix="flatten observations with gymnasium.wrappers.FlattenObservation",
     )
 
@@ -111,12 +148,36 @@ class DreamerV3Policy(BasePolicy):
         super().__init__(observation_space, action_space)
         self.config = config
         self.obs_dim = obs_dim_of(observation_space)
+        self.obs_keys = obs_keys_of(observation_space)
         self.act_dim, self.discrete = action_dim_of(action_space)
         self.groups = action_groups(action_space)
         self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete,
                                         groups=self.groups)
         self.optimizer = self.learner.optimizer
         self.nonfinite_obs = 0  # observations that were not finite (see act)
+
+    def flat_obs(self, obs: Any) -> np.ndarray:
+        """Observations as float32 rows ``[N, obs_dim]``; a Dict's keys side by side.
+
+        An array passes through (reshaped); a dict of ``[N, ...]`` arrays (a VecEnv's) or of
+        single observations is read in :attr:`obs_keys` order.
+        """
+        if self.obs_keys is None or not isinstance(obs, dict):
+            return np.asarray(obs, dtype=np.float32).reshape(-1, self.obs_dim)
+        missing = [k for k in self.obs_keys if k not in obs]
+        if missing:
+            raise ValidationError(
+                got=f"an observation dict without {missing} (keys {sorted(obs)})",
+                expected=f"the keys {list(self.obs_keys)}",
+                fix="pass the observation returned by env.reset()/step()",
+            )
+        space = self.observation_space
+        assert isinstance(space, spaces.Dict)
+        parts = [np.asarray(obs[k], dtype=np.float32) for k in self.obs_keys]
+        sizes = [_size(space.spaces[k]) for k in self.obs_keys]
+        n = parts[0].size // max(sizes[0], 1)
+        return np.concatenate([p.reshape(n, size) for p, size in zip(parts, sizes, strict=True)],
+                              axis=1)
 
     # -- conversions between the learner's action space and the env's --------------------------
     @property
@@ -215,8 +276,11 @@ class DreamerV3Policy(BasePolicy):
         ):
             raise ValueError(_GYM_API_MIX)
         try:
-            obs = np.asarray(observation, dtype=np.float32)
+            obs = (self.flat_obs(observation) if self.obs_keys is not None
+                   else np.asarray(observation, dtype=np.float32))
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, ValidationError):
+                raise
             raise ValidationError(
                 got=f"observation {observation!r:.80} ({type(observation).__name__}: {exc})",
                 expected=f"numbers of shape {self.observation_space.shape} or (n_envs, "
@@ -224,8 +288,10 @@ class DreamerV3Policy(BasePolicy):
                 fix="pass the observation returned by env.reset()/step()",
             ) from None
         try:
-            vectorized = is_vectorized_observation(obs, self.observation_space)
-        except ValueError as exc:
+            vectorized = is_vectorized_observation(
+                {k: np.asarray(v) for k, v in observation.items()}  # type: ignore[arg-type]
+                if isinstance(observation, dict) else obs, self.observation_space)
+        except (ValueError, AttributeError) as exc:
             raise ValidationError(
                 got=f"an observation of shape {obs.shape}",
                 expected=f"shape {self.observation_space.shape} or (n_envs, "

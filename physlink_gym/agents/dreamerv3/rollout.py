@@ -42,9 +42,13 @@ class EntryWriter:
         vec_normalize: The VecNormalize wrapper, if any: raw observations and rewards are stored.
     """
 
-    def __init__(self, replay: SequenceReplay, vec_normalize: Any = None) -> None:
+    def __init__(self, replay: SequenceReplay, vec_normalize: Any = None,
+                 flatten: Any = None) -> None:
         self.replay = replay
         self.vec_normalize = vec_normalize
+        # observations (a Dict's too) as float32 rows [n, obs_dim]
+        self.flatten = flatten or (lambda obs: np.asarray(obs, np.float32).reshape(
+            replay.n_envs if np.ndim(obs) > 1 else 1, -1))
         self._zero_action = np.zeros((replay.n_envs, replay.action_dim), dtype=np.float32)
 
     def start(self, raw_obs: np.ndarray) -> None:
@@ -57,12 +61,12 @@ class EntryWriter:
 
     def add_step(
         self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
-        infos: list[dict[str, Any]], new_obs: np.ndarray,
+        infos: list[dict[str, Any]], new_obs: Any,
     ) -> None:
         """Store one vector step; episodes that ended also get their reset entry."""
         n = self.replay.n_envs
         vn = self.vec_normalize
-        raw_new = np.asarray(vn.get_original_obs() if vn is not None else new_obs, np.float32)
+        raw_new = self.flatten(vn.get_original_obs() if vn is not None else new_obs)
         raw_new = raw_new.reshape(n, -1)
         raw_rew = np.asarray(vn.get_original_reward() if vn is not None else rewards, np.float32)
         next_obs = raw_new.copy()
@@ -73,10 +77,11 @@ class EntryWriter:
             info = infos[i]
             final = info.get("terminal_observation")
             if final is not None:
-                final = np.asarray(final, dtype=np.float32)
+                if not isinstance(final, dict):
+                    final = np.asarray(final, dtype=np.float32)
                 if vn is not None:
-                    final = np.asarray(vn.unnormalize_obs(final), dtype=np.float32)
-                next_obs[i] = final.reshape(-1)
+                    final = vn.unnormalize_obs(final)
+                next_obs[i] = self.flatten(final).reshape(-1)
             is_terminal[i] = not info.get("TimeLimit.truncated", False)
         for j in range(n):
             valid[j] = transition_valid(infos[j])
