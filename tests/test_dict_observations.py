@@ -114,3 +114,15 @@ def test_vecnormalize_of_a_dict_env_stores_raw_observations() -> None:
     steps = obs[..., 5]
     assert steps.max() == 12 and set(np.unique(steps)) <= set(range(13))  # raw counts
     assert np.isfinite(evaluate_policy(model, venv, n_eval_episodes=2)[0])
+
+
+def test_recorded_dict_trajectories_fit_a_dict_model() -> None:
+    from physlink_gym.data import record_trajectories
+
+    model = DreamerV3("MultiInputPolicy", Goal(), **TINY)
+    data = record_trajectories(Goal(), model, n_episodes=2, seed=0)
+    flat = record_trajectories(gym.wrappers.FlattenObservation(Goal()), n_episodes=2, seed=0)
+    assert data.obs.shape == (2 * 13, 6)
+    np.testing.assert_array_equal(data.obs[0], flat.obs[0])  # the same layout as flattening
+    model.fit(data, gradient_steps=2)
+    assert model._n_updates == 2

@@ -415,8 +415,13 @@ def record_trajectories(
     act = _actor(env, policy, deterministic, seed)
     buffer = _Buffer(info_keys, _sim_state_reader(env) if sim_state else None)
     obs, info = env.reset(seed=seed)
+    # A Dict observation is stored as its keys side by side, in the space's order (that of
+    # gymnasium's flatten, and of DreamerV3's MultiInputPolicy); the policy gets the dict.
+    space = env.observation_space
+    flat = ((lambda o: spaces.flatten(space, o)) if isinstance(space, spaces.Dict)
+            else (lambda o: o))
     action_dim = 1 if discrete else int(np.prod(env.action_space.shape))
-    buffer.add(obs, np.zeros(action_dim, np.float32), 0.0, info, first=True)
+    buffer.add(flat(obs), np.zeros(action_dim, np.float32), 0.0, info, first=True)
     steps = episodes = 0
     start = True
     while True:
@@ -430,10 +435,11 @@ def record_trajectories(
         done = bool(terminated or truncated)
         episodes += done
         stop = steps == n_steps or episodes == n_episodes
-        buffer.add(obs, stored, float(reward), info, terminal=bool(terminated), last=done or stop)
+        buffer.add(flat(obs), stored, float(reward), info, terminal=bool(terminated),
+                   last=done or stop)
         if stop:
             return buffer.build(_describe(env, discrete))
         if done:
             obs, info = env.reset()
-            buffer.add(obs, np.zeros(action_dim, np.float32), 0.0, info, first=True)
+            buffer.add(flat(obs), np.zeros(action_dim, np.float32), 0.0, info, first=True)
             start = True
