@@ -126,3 +126,74 @@ def test_recorded_dict_trajectories_fit_a_dict_model() -> None:
     np.testing.assert_array_equal(data.obs[0], flat.obs[0])  # the same layout as flattening
     model.fit(data, gradient_steps=2)
     assert model._n_updates == 2
+
+
+class Robot(gym.Env):
+    """State, goal and a camera image as Dict keys; ``fault`` writes one value into a key."""
+
+    def __init__(self, fault=None) -> None:
+        self.observation_space = spaces.Dict({
+            "state": spaces.Box(-1, 1, (3,), np.float32),
+            "goal": spaces.Box(-1, 1, (2,), np.float32),
+            "camera": spaces.Box(0, 255, (4, 4, 3), np.uint8)})
+        self.action_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.fault = fault
+
+    def _obs(self):
+        return {k: np.zeros(v.shape, v.dtype) for k, v in self.observation_space.spaces.items()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        obs = self._obs()
+        if self.fault:
+            obs[self.fault[0]][0] = self.fault[1]
+        return obs, 0.0, False, False, {}
+
+
+FAULTS = [None, ("goal", 1.5), ("state", -3.0), ("state", np.nan)]
+# residuals of finite, obs_bounds (every Box key) and obs_bounds(key="state"), by hand
+EXPECTED = [(0.0, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 2.0, 2.0), (1.0, np.nan, np.nan)]
+
+
+def _checks():
+    from physlink_gym import invariants
+
+    return [invariants.finite(), invariants.obs_bounds(),
+            invariants.obs_bounds(key="state", name="state_bounds")]
+
+
+@pytest.mark.parametrize(("fault", "expected"), list(zip(FAULTS, EXPECTED, strict=True)))
+def test_invariants_check_every_key_or_the_one_named(fault, expected) -> None:
+    from physlink_gym import InvariantWrapper
+
+    env = InvariantWrapper(Robot(fault), _checks())
+    env.reset(seed=0)
+    record = env.step(np.zeros(2, np.float32))[4]["physlink"]
+    got = tuple(record["residuals"][k] for k in ("finite", "obs_bounds", "state_bounds"))
+    np.testing.assert_array_equal(got, expected)
+    assert record["valid"] is (fault is None)
+
+
+def test_the_batched_wrapper_checks_dict_observations_alike() -> None:
+    from physlink_gym.vec import BatchedInvariantWrapper
+
+    venv = gym.vector.SyncVectorEnv([lambda f=f: Robot(f) for f in FAULTS])
+    env = BatchedInvariantWrapper(venv, _checks())
+    env.reset(seed=0)
+    record = env.step(np.zeros((len(FAULTS), 2), np.float32))[4]["physlink"]
+    for k, name in enumerate(("finite", "obs_bounds", "state_bounds")):
+        np.testing.assert_array_equal(record["residuals"][name], [e[k] for e in EXPECTED])
+    np.testing.assert_array_equal(record["valid"], [f is None for f in FAULTS])
+
+
+def test_a_key_that_is_not_there_is_not_applicable() -> None:
+    from physlink_gym import invariants
+    from physlink_gym.invariants import NotApplicableError
+
+    with pytest.raises(NotApplicableError, match="'arm'"):
+        invariants.obs_bounds(key="arm").bind(Robot())
+    with pytest.raises(NotApplicableError, match="Dict"):
+        invariants.obs_bounds(key="state").bind(gym.make("Pendulum-v1"))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from operator import le
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
@@ -252,7 +253,13 @@ def _finite_test(space: Any) -> Callable[[Any], bool]:
 
 
 def _nonfinite_rows(x: Any) -> np.ndarray:
-    """Number of NaN/±inf entries in every row of ``x`` (float64, shape ``[M]``)."""
+    """Number of NaN/±inf entries in every row of ``x`` (float64, shape ``[M]``).
+
+    A dict (a vector env's Dict observations: one ``[M, ...]`` array per key) counts over
+    every key.
+    """
+    if isinstance(x, dict):
+        return np.asarray(sum(_nonfinite_rows(v) for v in x.values()), np.float64)
     x = np.asarray(x, np.float64)
     count: np.ndarray = (~np.isfinite(x.reshape(x.shape[0], -1))).sum(axis=1)
     return count.astype(np.float64)
@@ -292,6 +299,8 @@ class _FiniteCheck:
         """Residuals of many transitions (arrays with a leading axis; ``first`` marks resets)."""
         first = np.asarray(b["first"], bool)
         try:  # the common case, all finite: one pass per array, no counting
+            if isinstance(b["next_obs"], dict):
+                raise TypeError  # a Dict observation: counted key by key below
             if (np.isfinite(b["next_obs"]).all() and np.isfinite(b["action"]).all()
                     and np.isfinite(b["reward"]).all()
                     and (not first.any() or np.isfinite(np.asarray(b["obs"])[first]).all())):
@@ -409,11 +418,13 @@ def finite(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "finite")
 
 
 def obs_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "obs_bounds",
-               ) -> Invariant:
+               key: str | None = None) -> Invariant:
     """``next_obs`` lies inside the env's observation Box: residual :func:`box_excess`.
 
     Infinite bounds are ignored (check NaN/inf with :func:`finite`); a wrong shape gives ``inf``.
-    The reset observation is checked on the first step. NOT_APPLICABLE without a Box space.
+    The reset observation is checked on the first step. With a ``Dict`` observation space every
+    ``Box`` key is checked (the residual is the largest), or only ``key`` when given (a robot's
+    ``"state"`` beside a camera image). NOT_APPLICABLE without a Box (or a Dict with ``key``).
 
     Example:
         >>> import gymnasium as gym
@@ -421,11 +432,65 @@ def obs_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "obs_
         >>> check({"obs": np.zeros(3), "next_obs": np.array([1.0, 0.0, 8.5], np.float32)})
         0.5
     """
-    def bind(env: Any) -> _BoxCheck:
+    def bind(env: Any) -> _BoxCheck | _KeyedBoxCheck:
+        space = getattr(env, "observation_space", None)
+        if isinstance(space, gym.spaces.Dict):
+            keys = [key] if key is not None else [
+                k for k, v in space.spaces.items() if isinstance(v, gym.spaces.Box)]
+            if key is not None and not isinstance(space.spaces.get(key), gym.spaces.Box):
+                raise NotApplicableError(
+                    got=f"{name}(key={key!r}) on a Dict observation space with "
+                    f"{list(space.spaces)}",
+                    expected=f"a Box under the key {key!r}",
+                    fix="pass key= one of the Dict's Box keys, or leave it out to check them "
+                    "all")
+            if not keys:
+                raise NotApplicableError(got=f"observation space {space}",
+                                         expected=f"a Box key for {name}",
+                                         fix=f"drop {name} for this env")
+            return _KeyedBoxCheck({k: _BoxCheck("next_obs", space.spaces[k], True)
+                                   for k in keys})
+        if key is not None:
+            raise NotApplicableError(
+                got=f"{name}(key={key!r}) on the observation space {space!r}",
+                expected="a Dict observation space", fix="leave key= out for a Box space")
         return _BoxCheck("next_obs", _box_of(env, "observation_space", name), True)
 
+    what = f"next_obs[{key!r}]" if key is not None else "next_obs"
     return Invariant(name=name, tolerance=tolerance, mode=mode, binder=bind,
-                     description="next_obs inside the observation Box", transition_only=True)
+                     description=f"{what} inside the observation Box", transition_only=True)
+
+
+class _KeyedBoxCheck:
+    """:class:`_BoxCheck` per key of a Dict observation; the residual is the largest."""
+
+    def __init__(self, checks: dict[str, _BoxCheck]) -> None:
+        self.checks = checks
+
+    def on_reset(self, env: Any, obs: Any) -> None:
+        for check in self.checks.values():
+            check.on_reset(env, obs)
+
+    @staticmethod
+    def _part(values: Any, key: str) -> Any:
+        return values[key] if isinstance(values, dict) and key in values else values
+
+    def __call__(self, t: Transition) -> float:
+        worst = 0.0
+        for key, check in self.checks.items():
+            r = check({"next_obs": self._part(t["next_obs"], key),
+                       "obs": self._part(t.get("obs"), key)})
+            if math.isnan(r):
+                return r
+            worst = max(worst, r)
+        return worst
+
+    def batch(self, b: dict[str, Any]) -> np.ndarray:
+        """Residuals of many transitions, key by key (the largest per row)."""
+        rows = [check.batch({"next_obs": self._part(b["next_obs"], key),
+                             "obs": self._part(b.get("obs"), key), "first": b["first"]})
+                for key, check in self.checks.items()]
+        return np.asarray(np.maximum.reduce(rows) if len(rows) > 1 else rows[0])  # NaN stays
 
 
 def action_bounds(tolerance: float = 0.0, mode: Mode = "hard", *, name: str = "action_bounds",

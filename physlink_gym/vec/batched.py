@@ -155,7 +155,7 @@ class BatchedInvariantWrapper(gym.vector.VectorWrapper):
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset every sub-env; episodes in progress end without a cost entry."""
         obs, info = self.env.reset(seed=seed, options=options)
-        self._prev = np.array(obs, copy=True)
+        self._prev = _copy(obs)
         self._pending[:] = False
         self._first[:] = True
         self._step[:] = 0
@@ -176,17 +176,17 @@ class BatchedInvariantWrapper(gym.vector.VectorWrapper):
         next_obs = obs
         ended = np.logical_or(terminated, truncated)
         if self._same_step and ended.any():
-            next_obs = np.array(obs, copy=True)
+            next_obs = _copy(obs)
             final: Any = info["final_obs"]
             for i in np.flatnonzero(ended):
-                next_obs[i] = final[i]
+                _set_row(next_obs, int(i), final[i])
         all_rows = bool(rows.all())
         actions = np.asarray(actions)
         reward = np.asarray(reward, np.float64)
         batch = {"obs": self._prev, "next_obs": next_obs, "action": actions, "reward": reward,
                  "first": self._first}
         if not all_rows:
-            batch = {k: v[rows] for k, v in batch.items()}
+            batch = {k: _take(v, rows) for k, v in batch.items()}
         valid, cost, residuals, violated = self._score(batch, rows, all_rows)
         self._where.append((rows, self._episode.copy(), self._step.copy()))
         raw_reward = reward
@@ -202,7 +202,7 @@ class BatchedInvariantWrapper(gym.vector.VectorWrapper):
         info["cost"] = cost if env_cost is None else cost + np.asarray(env_cost, np.float64)
         info["_cost"] = np.ones(n, bool)
         self._account(rows, valid, cost, ended)
-        self._prev = np.array(obs, copy=True)
+        self._prev = _copy(obs)
         return obs, reward, terminated, truncated, info
 
     def _score(self, batch: dict[str, Any], rows: np.ndarray, all_rows: bool,
@@ -307,3 +307,22 @@ class BatchedInvariantWrapper(gym.vector.VectorWrapper):
     def not_applicable(self) -> dict[str, str]:
         """``{name: reason}`` for the invariants this wrapper cannot run."""
         return {k: str(r.not_applicable) for k, r in self._not_applicable.items()}
+
+
+# Observations of a vector env: an array [n, ...], or a Dict space's dict of such arrays.
+def _copy(obs: Any) -> Any:
+    if isinstance(obs, dict):
+        return {k: np.array(v, copy=True) for k, v in obs.items()}
+    return np.array(obs, copy=True)
+
+
+def _take(x: Any, rows: np.ndarray) -> Any:
+    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+
+
+def _set_row(obs: Any, i: int, value: Any) -> None:
+    if isinstance(obs, dict):
+        for k, v in obs.items():
+            v[i] = value[k]
+    else:
+        obs[i] = value
