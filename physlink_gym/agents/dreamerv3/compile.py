@@ -32,10 +32,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 # With compile="auto", a learn() or fit() call compiles when it plans at least this many
-# updates. Compiling costs 30-65 s with a cold inductor cache (5-10 s warm) and saves about a
-# quarter of each update on a CPU (0.045 s at `small`, 0.09 s at `1m` on an AVX-512 CPU, more
-# on slower ones): it pays for itself after 350-1,450 updates; 2,000 leaves a margin. README
-# command 1 (1,122 updates) stays eager.
+# updates: compiling takes tens of seconds up front and saves a fraction of every update, so
+# it pays off only over a long run; the threshold sits above the measured break-even with a
+# margin, and README command 1 stays eager (figures: docs/benchmarks/speed.md).
 AUTO_COMPILE_UPDATES = 2000
 
 
@@ -61,9 +60,9 @@ def cxx_compiler() -> str | None:
 
 
 # Inductor options per device type. On a CPU the generated wrapper that calls the kernels is
-# C++ instead of Python: each of the 128 compiled scan steps of an update costs about a
-# quarter less (debug preset: 109 -> 79 us forward, 89 -> 64 us backward, kernels included;
-# whole updates 3-9% faster at debug, about 2% at 1m; the same cold-cache compile time).
+# C++ instead of Python: the many small compiled scan steps of an update are dominated by
+# per-call cost, which the C++ wrapper cuts, at the same compile time (measured in
+# docs/benchmarks/speed.md).
 _OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp_wrapper": True}}
 
 

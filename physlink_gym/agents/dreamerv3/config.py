@@ -124,17 +124,17 @@ class DreamerV3Config:
     # `categorical` discrete head ignores it (effective 0); the 2023 code's `onehot` actor head
     # applied it: we keep 1% for Discrete actions (0.0 gives the current reference)
     compute_dtype: str = "float32"  # jax.compute_dtype: bfloat16; we compute in float32:
-    # "bfloat16" (the forward under autocast) is 5-7x slower on CPUs without AMX/AVX512-BF16,
-    # and even with AMX 1.2-1.4x slower at small/1m, 1.4-1.5x faster only from 12m; learning
-    # on Pendulum was the same (docs/benchmarks/speed.md, section "bfloat16"). "mixed": bfloat16
-    # autocast only over imagination and the behaviour losses (the large products over all
-    # imagined states), float32 for the world model and for acting: with AMX about even at
-    # small, 1.1x (eager) to 1.3x (compiled) faster at 1m, 1.6x at 12m. Head outputs are
-    # float32 in every mode (reference `outs.py`: f32(logits))
+    # "bfloat16" (the forward under autocast) is much slower on CPUs without AMX/AVX512-BF16,
+    # and even with AMX slower at small/1m (the casts around small products cost more than the
+    # bf16 units save), faster only from 12m; learning on Pendulum was the same. "mixed":
+    # bfloat16 autocast only over imagination and the behaviour losses (the large products
+    # over all imagined states), float32 for the world model and for acting: with AMX about
+    # even at small, faster from 1m. Figures: docs/benchmarks/speed.md, section "bfloat16".
+    # Head outputs are float32 in every mode (reference `outs.py`: f32(logits))
     compile: bool | str = "auto"  # torch.compile the scan steps, one imagination step and
     # the behaviour losses (no reference counterpart; the reference jit-compiles everything).
-    # Measured on 2 cores of an AVX-512 CPU: -25% per update at small and 1m, -31% at debug,
-    # -8% at 12m, for a first update of 5-10 s (inductor cache warm) to 30-100 s (cold).
+    # Each update is faster compiled, after a first update that waits for the compiler
+    # (figures: docs/benchmarks/speed.md).
     # "auto": compiled when a learn() or fit() call plans at least
     # compile.AUTO_COMPILE_UPDATES updates on a CPU with a C++ compiler, so that short and
     # first runs never wait; True/False force it. Falls back to eager, with a warning, where

@@ -183,9 +183,8 @@ def fused_heads(heads: Sequence[MLPHead], x: Tensor) -> list[Tensor]:
     The heads that read all imagined states (critic, actor, reward, continue, slow critic)
     each start with a ``units``-wide layer over the same input; one product with their
     weights concatenated keeps a CPU's vector units busier than one narrow product per head
-    (at ``1m``, 16,384 x 640 inputs, two threads: 20 ms for the five 64-wide layers against
-    25-29 ms one by one; 2-3% of a whole update at ``1m`` and ``12m``). Heads without an MLP
-    layer run on their own. Same function as the heads one by one, to float32 rounding.
+    (measured in docs/benchmarks/speed.md). Heads without an MLP layer run on their own.
+    Same function as the heads one by one, to float32 rounding.
     """
     deep = [h for h in heads if len(h.mlp)]
     if len(deep) < 2:
@@ -213,9 +212,9 @@ class TwoHotHead(MLPHead):
     The parameters are those of an ``out_features``-wide output layer (the reference's 255
     bins), but the matrix product runs on a copy padded with zero weights and a bias of
     -1e9, so the logits are [..., 256] and the extra column carries no probability (its
-    softmax weight underflows to exactly 0). Matrix products and softmaxes with 256 columns
-    run 2-2.5x faster on CPU than with 255; every consumer of these logits reads only the
-    first ``out_features`` columns' probabilities.
+    softmax weight underflows to exactly 0). Matrix products and softmaxes over a
+    power-of-two width vectorise fully on a CPU, an odd width does not; every consumer of
+    these logits reads only the first ``out_features`` columns' probabilities.
     """
 
     PAD_LOGIT = -1e9

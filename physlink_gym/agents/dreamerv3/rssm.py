@@ -219,7 +219,7 @@ class RSSM(nn.Module):
         """Unimixed probabilities [..., L, C] (reference ``OneHot(logits, unimix)``).
 
         ``(1 - u) * softmax(raw) + u / C``, written out elementwise: ``torch.softmax`` over a
-        last axis of a few classes is about 3x slower on CPU than these ops.
+        last axis of a few classes is slower on CPU than these few elementwise ops.
         """
         raw = raw.reshape(*raw.shape[:-1], self.latents, self.classes).float()
         e = (raw - raw.amax(-1, keepdim=True).detach()).exp()
