@@ -208,7 +208,8 @@ def cpu_summary(torch: Any | None) -> dict[str, Any]:
 
     ``isa`` is torch's kernel level (``torch.backends.cpu.get_cpu_capability()``: ``"AVX512"``,
     ``"AVX2"``, ...); ``bf16`` says how bfloat16 matrix products run: ``"AMX"`` (tile units),
-    ``"AVX512-BF16"``, or ``"emulated"`` (far slower than float32: docs/benchmarks/speed.md). Fields torch cannot tell are ``None``.
+    ``"AVX512-BF16"``, or ``"emulated"`` (far slower than float32: docs/benchmarks/speed.md).
+    Fields torch cannot tell are ``None``.
 
     Example:
         >>> info = cpu_summary(None)
