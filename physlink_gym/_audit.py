@@ -45,9 +45,10 @@ import numpy as np
 from physlink_gym._records import Slot, make_slot, not_applicable_report
 from physlink_gym.data.trajectories import Trajectories
 from physlink_gym.errors import ConfigurationError, ValidationError
+from physlink_gym.invariants.by_name import coerce_invariant
 from physlink_gym.invariants.core import Invariant, NotApplicableError, to_residual
 from physlink_gym.report import MAX_KEPT_EPISODES, ComplianceReport
-from physlink_gym.wrappers import InvariantWarning, _coerce_invariant, _finite_transition
+from physlink_gym.wrappers import InvariantWarning, _finite_transition
 
 __all__ = ["COST_KEY", "PENALISED_REWARD_KEY", "RESIDUAL_PREFIX", "audit", "env_from_meta"]
 
@@ -109,7 +110,7 @@ def _invariants(items: Any) -> list[Invariant]:
     if isinstance(items, (Invariant, str)) or not isinstance(items, Iterable):
         raise ConfigurationError(got=f"invariants={items!r}", expected="a list of invariants",
                                  fix="pass [invariants.finite(), ...] or ['finite', ...]")
-    result = [_coerce_invariant(item) for item in items]
+    result = [coerce_invariant(item) for item in items]
     names = [inv.name for inv in result]
     if len(set(names)) != len(names):
         raise ConfigurationError(got=f"invariant names {names}", expected="unique names",

@@ -16,6 +16,9 @@ A TensorBoard custom-scalar layout (CUSTOM SCALARS tab) puts every violation rat
 :class:`OneLineOutput` is an SB3 ``KVWriter`` that prints one short line per log dump
 (``physlink-gym train`` uses it instead of SB3's tables).
 
+``ImaginationCallback``, ``TriptychCallback`` and ``ComplianceCallback`` are importable from
+here too (they load with their modules on first use).
+
 Example:
     >>> import gymnasium as gym
     >>> from stable_baselines3 import SAC
@@ -40,6 +43,19 @@ from physlink_gym._records import find_record
 __all__ = [
     "InvariantCallback", "InvariantStats", "OneLineOutput", "ProgressBar", "add_invariant_layout",
 ]
+
+# Every SB3 callback of the project is importable from here; these three live with what they
+# draw or score (they need torch or matplotlib) and load on first use.
+_ELSEWHERE = {"ImaginationCallback": "physlink_gym.agents.dreamerv3.imagination",
+              "TriptychCallback": "physlink_gym.viz", "ComplianceCallback": "physlink_gym.viz"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module 'physlink_gym.callbacks' has no attribute {name!r}")
 
 #: Residuals kept per invariant for its histogram.
 HISTOGRAM_SAMPLES = 4096

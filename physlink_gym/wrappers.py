@@ -41,7 +41,6 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 
-from physlink_gym._builtin_names import BUILTIN_INVARIANTS
 from physlink_gym._records import (
     ACTIVE,
     DISABLED,
@@ -53,6 +52,7 @@ from physlink_gym._records import (
 )
 from physlink_gym._worker_errors import report_in_worker
 from physlink_gym.errors import ConfigurationError, PhysLinkError, ValidationError
+from physlink_gym.invariants.by_name import coerce_invariant
 from physlink_gym.invariants.core import Invariant, NotApplicableError, to_residual
 from physlink_gym.report import MAX_KEPT_EPISODES, ComplianceReport
 
@@ -141,7 +141,7 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
             raise ConfigurationError(got=f"invariants={invariants!r}",
                                      expected="a list of Invariant objects",
                                      fix="pass [invariants.finite(), ...]")
-        invariants = [_coerce_invariant(item) for item in invariants]
+        invariants = [coerce_invariant(item) for item in invariants]
         if isinstance(env, str):  # an env id, made as SB3 makes one for its algorithms
             env = gym.make(env)
         elif not isinstance(env, gym.Env):
@@ -452,29 +452,6 @@ class InvariantWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
 
 def _describe(inv: Invariant) -> dict[str, Any]:
     return {"name": inv.name, "tolerance": float(inv.tolerance), "mode": inv.mode}
-
-
-def _coerce_invariant(item: Any) -> Invariant:
-    """An Invariant, or a built-in one from its name or ``{"name", "tolerance", "mode"}``."""
-    if isinstance(item, Invariant):
-        return item
-    from physlink_gym import invariants as library
-
-    spec = {"name": item} if isinstance(item, str) else item
-    name = spec.get("name") if isinstance(spec, dict) else None
-    factory = getattr(library, name, None) if isinstance(name, str) else None
-    if name in BUILTIN_INVARIANTS and callable(factory) and set(spec) <= {"name", "tolerance",
-                                                                           "mode"}:
-        result = factory(**{k: v for k, v in spec.items() if k != "name"})
-        assert isinstance(result, Invariant)
-        return result
-    raise ConfigurationError(
-        got=f"invariant {item!r}",
-        expected="an Invariant, or a built-in invariant's name (optionally as a dict with "
-        f"name, tolerance, mode): {', '.join(BUILTIN_INVARIANTS)}",
-        fix="pass invariant objects, e.g. [invariants.finite(), register your own with "
-        "Invariant(name, fn)]; a custom invariant cannot be rebuilt from env.spec",
-    )
 
 
 def _finite_transition(t: dict[str, Any]) -> bool:

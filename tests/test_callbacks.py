@@ -185,3 +185,15 @@ def test_false_stops_after_one_vector_step(n_envs):
     model.learn(100, callback=lambda l_, g_: False)
     assert model.num_timesteps == n_envs
     assert len(model.replay_buffer) == 2 * n_envs  # the stopping step is stored too
+
+
+def test_every_sb3_callback_is_importable_from_physlink_gym_callbacks():
+    import physlink_gym.callbacks as callbacks
+    from physlink_gym.agents.dreamerv3.imagination import ImaginationCallback
+    from physlink_gym.viz import ComplianceCallback, TriptychCallback
+
+    assert callbacks.ImaginationCallback is ImaginationCallback
+    assert callbacks.TriptychCallback is TriptychCallback
+    assert callbacks.ComplianceCallback is ComplianceCallback
+    with pytest.raises(AttributeError, match="NoSuchCallback"):
+        callbacks.NoSuchCallback  # noqa: B018

@@ -20,6 +20,7 @@ from physlink_gym.invariants.builtin import (
     pendulum_energy_bound,
     pendulum_energy_residual,
 )
+from physlink_gym.invariants.by_name import coerce_invariant
 from physlink_gym.invariants.core import (
     Invariant,
     InvariantResultError,
@@ -41,6 +42,7 @@ __all__ = [
     "action_bounds",
     "batch_invariant",
     "box_excess",
+    "coerce_invariant",
     "count_nonfinite",
     "energy_balance",
     "energy_balance_residual",

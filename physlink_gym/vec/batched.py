@@ -41,9 +41,10 @@ import numpy as np
 
 from physlink_gym._records import make_slot, not_applicable_report
 from physlink_gym.errors import ConfigurationError, ValidationError
+from physlink_gym.invariants.by_name import coerce_invariant
 from physlink_gym.invariants.core import Invariant, NotApplicableError
 from physlink_gym.report import MAX_KEPT_EPISODES, ComplianceReport
-from physlink_gym.wrappers import InvariantWarning, _coerce_invariant, _options
+from physlink_gym.wrappers import InvariantWarning, _options
 
 __all__ = ["BatchedInvariantWrapper"]
 
@@ -105,7 +106,7 @@ class BatchedInvariantWrapper(gym.vector.VectorWrapper):
             raise ConfigurationError(got=f"invariants={invariants!r}",
                                      expected="a list of Invariant objects",
                                      fix="pass [invariants.finite(), ...]")
-        self._invariants = [_coerce_invariant(i) for i in invariants]
+        self._invariants = [coerce_invariant(i) for i in invariants]
         names = [i.name for i in self._invariants]
         if len(set(names)) != len(names):
             raise ConfigurationError(got=f"invariant names {names}", expected="unique names",

@@ -43,11 +43,11 @@ __all__ = ["ImaginationCallback", "actor_imagination", "imagination_report",
 
 def split_transition_only(invariants: Sequence[Any]) -> tuple[list[Invariant], dict[str, str]]:
     """The invariants that can score imagination, and ``{name: why not}`` for the others."""
-    from physlink_gym.wrappers import _coerce_invariant
+    from physlink_gym.invariants.by_name import coerce_invariant
 
     usable, skipped = [], {}
     for item in invariants:
-        inv = _coerce_invariant(item)
+        inv = coerce_invariant(item)
         if inv.transition_only:
             usable.append(inv)
         else:
@@ -208,12 +208,12 @@ def _with_skipped(report: ComplianceReport, invariants: Sequence[Any],
                   skipped: dict[str, str]) -> ComplianceReport:
     """Add the skipped invariants to ``report`` as NOT_APPLICABLE, in the given order."""
     from physlink_gym._records import not_applicable_report
-    from physlink_gym.wrappers import _coerce_invariant
+    from physlink_gym.invariants.by_name import coerce_invariant
 
     by_name = {inv.name: inv for inv in report.invariants}
     ordered = []
     for item in invariants:
-        inv = _coerce_invariant(item)
+        inv = coerce_invariant(item)
         ordered.append(by_name.get(inv.name) or not_applicable_report(inv, skipped[inv.name]))
     report.invariants = ordered
     return report

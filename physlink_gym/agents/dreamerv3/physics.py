@@ -74,11 +74,11 @@ def physics_terms(invariants: Sequence[Any], env: Any, action_space: Any) -> Phy
         ConfigurationError: when a soft invariant is not transition-only or has no torch
             version, or when none is left.
     """
-    from physlink_gym.wrappers import _coerce_invariant
+    from physlink_gym.invariants.by_name import coerce_invariant
 
     checks, refused = [], []
     for item in invariants:
-        inv = _coerce_invariant(item)
+        inv = coerce_invariant(item)
         if inv.mode != "soft":
             continue  # hard invariants keep data out of replay; they are not a loss
         torch_fn = None
