@@ -246,9 +246,28 @@ def as_result(progress: dict) -> dict:
             "env_steps_per_s": steps / max(wall, 1e-9)}
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it ends (killed, or the sitting over).
+
+    A pool worker outlives a parent stopped by a signal and would go on training unseen,
+    sharing the cores with the next sitting; its last checkpoint is what the next one resumes.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(5.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_one(args: tuple[str, int, dict]) -> dict:
     """Train one agent on one seed (resuming its last checkpoint); returns its curve."""
     algo, seed, opts = args
+    _exit_with_parent()
     torch.set_num_threads(opts["threads"])
     env = make_env(opts["env"])
     model, progress = resume(algo, seed, opts, env)

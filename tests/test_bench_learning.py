@@ -50,3 +50,49 @@ def test_a_run_with_other_settings_is_not_resumed(tmp_path: Path) -> None:
     assert _run(tmp_path, "--steps", "100").returncode == 0
     other = _run(tmp_path, "--steps", "200", "--override", "lr=0.001")
     assert other.returncode != 0 and "other settings" in other.stderr
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes whose environment holds ``mark`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_workers_end_with_a_killed_parent(tmp_path: Path) -> None:
+    """A pool worker would otherwise train on, unseen, after its parent was killed."""
+    import signal
+    import time
+    import uuid
+
+    import pytest
+
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc")
+    mark = f"PHYSLINK_BENCH_TEST={uuid.uuid4().hex}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "PYTHONWARNINGS": "ignore", mark.split("=")[0]: mark.split("=")[1]}
+    parent = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *TINY, "--steps", "100000", "--out", str(tmp_path / "b"),
+         "--state-dir", str(tmp_path / "state")], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(_marked(mark)) < 2 and time.monotonic() < deadline:  # the parent and a worker
+        time.sleep(0.5)
+    assert len(_marked(mark)) >= 2
+    time.sleep(3)  # the worker is training
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _marked(mark)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left

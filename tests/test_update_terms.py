@@ -191,8 +191,8 @@ def test_slow_critic_ema_step_with_a_moving_critic() -> None:
     moved = 0.0
     for old, slow, fast, fast_old in zip(slow_before, learner.slow_critic.parameters(),
                                          learner.critic.parameters(), critic_before, strict=True):
-        moved = max(moved, float((fast - fast_old).abs().max()))
-        torch.testing.assert_close(slow, old + REFERENCE_SLOW_RATE * (fast - old),
+        moved = max(moved, float((fast - fast_old).detach().abs().max()))
+        torch.testing.assert_close(slow.detach(), old + REFERENCE_SLOW_RATE * (fast.detach() - old),
                                    rtol=1e-6, atol=1e-8)
     assert moved > 1e-4  # the critic did move, so a wrong rate could not pass
 
