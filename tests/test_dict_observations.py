@@ -197,3 +197,34 @@ def test_a_key_that_is_not_there_is_not_applicable() -> None:
         invariants.obs_bounds(key="arm").bind(Robot())
     with pytest.raises(NotApplicableError, match="Dict"):
         invariants.obs_bounds(key="state").bind(gym.make("Pendulum-v1"))
+
+
+def test_mlp_keys_choose_the_keys_and_leave_an_image_out() -> None:
+    """policy_kwargs={"mlp_keys": ...} (reference: re.match on each key) reads only those
+    keys: a Dict env with a camera learns exactly as its filtered and flattened twin."""
+    class WithCamera(Goal):
+        def __init__(self) -> None:
+            super().__init__()
+            self.observation_space = spaces.Dict({
+                **self.observation_space.spaces,
+                "camera": spaces.Box(0, 255, (8, 8, 3), np.uint8)})
+
+        def _obs(self):
+            return {**super()._obs(), "camera": np.full((8, 8, 3), self.k, np.uint8)}
+
+    keys = "^(goal|state)$"
+    chosen = DreamerV3("MultiInputPolicy", WithCamera(), policy_kwargs={"mlp_keys": keys},
+                       **TINY).learn(60)
+    twin_env = gym.wrappers.FlattenObservation(
+        gym.wrappers.FilterObservation(WithCamera(), ["goal", "state"]))
+    twin = DreamerV3("MlpPolicy", twin_env, **TINY).learn(60)
+    assert chosen.policy.obs_keys == ("goal", "state") and chosen.policy.obs_dim == 5
+    for (name, a), b in zip(chosen.policy.state_dict().items(),
+                            twin.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigurationError, match="mlp_keys"):
+        DreamerV3("MultiInputPolicy", WithCamera(), policy_kwargs={"mlp_keys": "^nothing$"},
+                  preset="debug")
+    with pytest.raises(ConfigurationError, match="mlp_keys"):
+        DreamerV3("MultiInputPolicy", WithCamera(), policy_kwargs={"mlp_keys": "(["},
+                  preset="debug")

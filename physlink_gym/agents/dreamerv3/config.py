@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,9 @@ class DreamerV3Config:
     # compile.AUTO_COMPILE_UPDATES updates on a CPU with a C++ compiler, so that short and
     # first runs never wait; True/False force it. Falls back to eager, with a warning, where
     # compiling fails. See docs/benchmarks/speed.md.
+    mlp_keys: str = ".*"  # enc/dec `mlp_keys` (2023 reference code): the Dict observation
+    # keys the encoder reads and the decoder reconstructs, a regular expression matched at the
+    # start of each key (re.match, as the reference); keys it does not match are ignored
     physics_weight: float = 0.0  # no reference counterpart (opt-in): weight of the soft,
     # differentiable invariants' residual excess on the model's one-step predictions in the
     # world-model loss (physics.py; measured in docs/imagination.md)
@@ -344,3 +348,7 @@ def _validate(cfg: DreamerV3Config) -> None:
         _fail("compile", cfg.compile, "True, False or 'auto'")
     if cfg.compute_dtype not in ("float32", "bfloat16", "mixed"):
         _fail("compute_dtype", cfg.compute_dtype, "'float32', 'bfloat16' or 'mixed'")
+    try:
+        re.compile(cfg.mlp_keys)
+    except (re.error, TypeError):
+        _fail("mlp_keys", cfg.mlp_keys, "a regular expression, e.g. '^(state|goal)$'")

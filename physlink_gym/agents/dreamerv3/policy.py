@@ -7,6 +7,7 @@ state is a tuple of numpy arrays ``(h, z, previous_action)`` with a leading batc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -80,30 +81,36 @@ def action_dim_of(action_space: spaces.Space[Any]) -> tuple[int, bool]:
     return len(groups) * max(groups), True
 
 
-def obs_keys_of(observation_space: spaces.Space[Any]) -> tuple[str, ...] | None:
+def obs_keys_of(observation_space: spaces.Space[Any],
+                mlp_keys: str = ".*") -> tuple[str, ...] | None:
     """The keys of a Dict observation space the model reads, in the space's order.
 
-    Every key must hold a Box of numbers of at most one dimension (a vector or a scalar): the
-    encoder reads them concatenated, in the order of ``observation_space.spaces`` (the order
-    ``gymnasium.spaces.flatten`` and ``FlattenObservation`` use). ``None`` for a Box space.
+    The keys that ``mlp_keys`` matches (``re.match``, as the reference's encoder selects them)
+    must hold a Box of numbers of at most one dimension (a vector or a scalar): the encoder
+    reads them concatenated, in the order of ``observation_space.spaces`` (the order
+    ``gymnasium.spaces.flatten`` and ``FlattenObservation`` use); other keys are ignored.
+    ``None`` for a Box space.
     """
     if not isinstance(observation_space, spaces.Dict):
         return None
     keys = []
     for key, sub in observation_space.spaces.items():
+        if not re.match(mlp_keys, str(key)):
+            continue
         if not (isinstance(sub, spaces.Box) and len(sub.shape) <= 1):
             raise ConfigurationError(
-                got=f"observation key {key!r}: {sub}",
-                expected="Dict keys that hold vectors or scalars (Box spaces of at most one "
-                "dimension)",
-                fix="leave that key out (gymnasium.wrappers.FilterObservation); images "
-                "(CnnPolicy) are not supported yet",
+                got=f"observation key {key!r}: {sub}, selected by mlp_keys={mlp_keys!r}",
+                expected="selected Dict keys that hold vectors or scalars (Box spaces of at "
+                "most one dimension); images (CnnPolicy) are not supported yet",
+                fix="leave the key out: policy_kwargs={'mlp_keys': '^(state|goal)$'} (the "
+                "keys to read) or gymnasium.wrappers.FilterObservation",
             )
         keys.append(str(key))
     if not keys:
-        raise ConfigurationError(got=f"observation space {observation_space}",
-                                 expected="at least one key",
-                                 fix="give the Dict space a vector key")
+        raise ConfigurationError(
+            got=f"observation space {observation_space} with mlp_keys={mlp_keys!r}",
+            expected="at least one vector key that mlp_keys matches",
+            fix="pass policy_kwargs={'mlp_keys': ...} matching the vector keys")
     return tuple(keys)
 
 
@@ -112,10 +119,10 @@ def _size(space: spaces.Space[Any]) -> int:
     return int(np.prod(space.shape or (), dtype=np.int64))
 
 
-def obs_dim_of(observation_space: spaces.Space[Any]) -> int:
+def obs_dim_of(observation_space: spaces.Space[Any], mlp_keys: str = ".*") -> int:
     """Return the width of a flat vector observation (a Dict's keys side by side)."""
     if isinstance(observation_space, spaces.Dict):
-        keys = obs_keys_of(observation_space)
+        keys = obs_keys_of(observation_space, mlp_keys)
         assert keys is not None
         return sum(_size(observation_space.spaces[k]) for k in keys)
     if isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1:
@@ -147,8 +154,8 @@ class DreamerV3Policy(BasePolicy):
     ) -> None:
         super().__init__(observation_space, action_space)
         self.config = config
-        self.obs_dim = obs_dim_of(observation_space)
-        self.obs_keys = obs_keys_of(observation_space)
+        self.obs_dim = obs_dim_of(observation_space, config.mlp_keys)
+        self.obs_keys = obs_keys_of(observation_space, config.mlp_keys)
         self.act_dim, self.discrete = action_dim_of(action_space)
         self.groups = action_groups(action_space)
         self.learner = DreamerV3Learner(config, self.obs_dim, self.act_dim, self.discrete,
