@@ -22,11 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_speed import export_baseline  # the baseline's package, extracted with git archive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,17 +86,6 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     return {"wall_us": wall, "cpu_us": cpu, **{f"{k}_cpu_us": v for k, v in parts.items()}}
 
 
-def export(rev: str, dest: Path) -> Path:
-    """``physlink_gym/`` of ``rev`` extracted into ``dest`` (nothing is installed)."""
-    archive = dest / "baseline.tar"
-    with archive.open("wb") as fh:
-        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "physlink_gym"], stdout=fh,
-                       check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
-
-
 def child(path: Path) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(path), "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one"], check=True,
@@ -120,7 +110,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"baseline": export(args.baseline, Path(tmp)), "new": ROOT}
+        paths = {"baseline": export_baseline(args.baseline, Path(tmp)), "new": ROOT}
         for _ in range(args.rounds):
             for version, path in paths.items():
                 runs[version].append(child(path))
