@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,14 +18,8 @@ from physlink_gym.errors import ValidationError
 OBS, ACT, B, T = 5, 2, 4, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    # spin-waiting makes them up to 50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread per test (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _learner(discrete: bool = False, **overrides: object) -> DreamerV3Learner:

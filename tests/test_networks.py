@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,14 +31,8 @@ from physlink_gym.agents.dreamerv3.rssm import RSSM, BlockGRU, sample_latent
 CFG = make_config("debug")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP
-    # spin-waiting makes them much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread per test (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rmsnorm_golden() -> None:

@@ -4,7 +4,6 @@ the shared-softmax critic loss, non-finite updates, and compiled against eager."
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,12 +22,8 @@ from physlink_gym.errors import TrainingError
 OBS, ACT, B, T = 5, 3, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread per test (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed: int = 1, discrete: bool = False) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ Every expected value below comes from the reference, not from this code: the los
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,12 +32,8 @@ REFERENCE_SCALES = {"dec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, 
 REFERENCE_SLOW_RATE = 0.02
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread per test (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed: int = 1) -> dict[str, torch.Tensor]:
