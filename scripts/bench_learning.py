@@ -48,6 +48,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from physlink_gym import DreamerV3
+from physlink_gym.checkpoint import atomic_write
 
 #: Return that counts as solved (Pendulum-v1: the usual -200; the balance tasks: near max;
 #: Acrobot-v1: Gymnasium's registered ``reward_threshold``; locomotion: about SAC's published
@@ -151,11 +152,9 @@ def read_progress(folder: Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename (a stop never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """Write JSON with the project's atomic write (a stop never leaves half a file)."""
+    text = json.dumps(data, indent=1).encode()
+    atomic_write(path, lambda handle: handle.write(text))
 
 
 def git_commit() -> str:
@@ -394,9 +393,8 @@ def write_report(results: list[dict], opts: dict, out: Path) -> None:
                   f"{s['started']} | {s['commit']} | {s['threads']}, {s['workers']} |"
                   for r in results for s in r.get("sittings", [])]
     lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out.with_suffix(".md"))
+    text = "\n".join(lines).encode()
+    atomic_write(out.with_suffix(".md"), lambda handle: handle.write(text))
     write_json_atomic(out.with_suffix(".json"), results)
 
 
